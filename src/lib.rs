@@ -1,0 +1,121 @@
+//! wal-e: continuous archiving for PostgreSQL, a faithful Rust port of WAL-E.
+//!
+//! The binary is a thin shell around [`run`]; everything else lives in the
+//! library so integration tests can drive it.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod layout;
+pub mod logging;
+pub mod storage;
+
+use std::io::{self, Write};
+
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::stream::BoxStream;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Env, ProcessEnv, Settings};
+use crate::error::{CommandError, UserError, exit};
+
+/// The byte streams that flow through the pipeline stages and the stores.
+pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
+
+/// Runs the command line of this process; returns the exit code.
+pub fn run() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return if err.use_stderr() { exit::UNEXPECTED } else { exit::OK };
+        }
+    };
+    let env = ProcessEnv;
+    let log_settings = logging::LogSettings::from_env(&env, cli.global.terse);
+    logging::init(&log_settings, env.var("WALE_LOG_DESTINATION").is_some());
+
+    let Some(command) = cli.command else {
+        return no_command(&cli.global, &env);
+    };
+    if let Command::Version = command {
+        return print_stdout(&format!("{}\n", env!("CARGO_PKG_VERSION")));
+    }
+    let settings = match Settings::from_args(&cli.global, &env) {
+        Ok(settings) => settings,
+        Err(err) => return report(&CommandError::User(err)),
+    };
+    if !matches!(
+        command,
+        Command::WalPush(_) | Command::WalFetch(_) | Command::WalPrefetch(_)
+    ) {
+        tracing::info!(
+            target: "wal_e.main",
+            detail = %format!("The subcommand is \"{}\".", command.log_name()),
+            "starting WAL-E"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => return report(&CommandError::unexpected(err)),
+    };
+    match runtime.block_on(commands::dispatch(command, &settings)) {
+        Ok(()) => exit::OK,
+        Err(err) => report(&err),
+    }
+}
+
+/// WAL-E exits 127 when no subcommand is given but a prefix is configured,
+/// and complains about the missing prefix otherwise.
+fn no_command(global: &cli::GlobalArgs, env: &dyn Env) -> u8 {
+    if config::has_prefix(global, env) {
+        use clap::CommandFactory;
+        let _ = writeln!(io::stderr(), "{}", Cli::command().render_usage());
+        let _ = writeln!(io::stderr(), "wal-e: error: no subcommand given");
+        return exit::NO_COMMAND;
+    }
+    match Settings::from_args(global, env) {
+        Err(err) => report(&CommandError::User(err)),
+        Ok(_) => exit::NO_COMMAND,
+    }
+}
+
+fn print_stdout(text: &str) -> u8 {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => exit::OK,
+        Err(_) => exit::UNEXPECTED,
+    }
+}
+
+/// Logs a command's failure as WAL-E's `main()` does and picks the exit code.
+fn report(err: &CommandError) -> u8 {
+    match err {
+        CommandError::User(UserError {
+            msg, detail, hint, ..
+        }) => {
+            tracing::error!(
+                target: "wal_e.main",
+                detail = detail.as_deref(),
+                hint = hint.as_deref(),
+                "{msg}"
+            );
+        }
+        CommandError::Unexpected(source) => {
+            let mut chain = source.to_string();
+            let mut cur = source.source();
+            while let Some(cause) = cur {
+                chain.push_str(&format!(": {cause}"));
+                cur = cause.source();
+            }
+            tracing::error!(
+                target: "wal_e.main",
+                critical = true,
+                detail = %chain,
+                "An unprocessed exception has avoided all error handling"
+            );
+        }
+    }
+    err.exit_code()
+}

@@ -1,0 +1,216 @@
+//! One small async storage trait, modelled on the `object_store` crate, with a
+//! backend per service and cross-cutting behaviour (retries) as a decorator.
+//!
+//! Keys are physical object names inside one bucket or container, exactly as
+//! [`crate::layout::Layout`] produces them.
+
+mod file;
+mod retry;
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, BoxStream, StreamExt};
+
+use crate::ByteStream;
+use crate::config::{Scheme, Settings};
+use crate::error::UserError;
+
+pub use file::FileStore;
+pub use retry::{RetryPolicy, RetryingStore, retry};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong, in the terms callers decide on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store says, authoritatively, that the object does not exist.
+    #[error("object {key} does not exist")]
+    NotFound { key: String },
+    /// A create-only put found the object already there.
+    #[error("object {key} already exists")]
+    AlreadyExists { key: String },
+    /// Worth trying again: timeouts, throttling, resets, 5xx.
+    #[error("{op} of {key} failed (may succeed if retried): {source}")]
+    Transient {
+        op: &'static str,
+        key: String,
+        source: BoxError,
+    },
+    /// Will fail again: bad credentials, a missing bucket, a bad request.
+    #[error("{op} of {key} failed: {source}")]
+    Permanent {
+        op: &'static str,
+        key: String,
+        source: BoxError,
+    },
+    /// The data being uploaded could not be produced (e.g. a local read failed).
+    #[error("could not read the data to upload to {key}: {source}")]
+    Payload { key: String, source: io::Error },
+    /// Some keys of a batch delete failed: (key, reason) for each.
+    #[error("{} object(s) could not be deleted, first: {} ({})", .failures.len(), .failures[0].0, .failures[0].1)]
+    DeleteFailed { failures: Vec<(String, String)> },
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient { .. })
+    }
+
+    pub fn transient(op: &'static str, key: &str, source: impl Into<BoxError>) -> Self {
+        StoreError::Transient {
+            op,
+            key: key.to_string(),
+            source: source.into(),
+        }
+    }
+
+    pub fn permanent(op: &'static str, key: &str, source: impl Into<BoxError>) -> Self {
+        StoreError::Permanent {
+            op,
+            key: key.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// Finds a `StoreError` carried inside an `io::Error` (download streams
+    /// report failures as I/O errors).
+    pub fn from_io(err: &io::Error) -> Option<&StoreError> {
+        err.get_ref()?.downcast_ref::<StoreError>()
+    }
+}
+
+impl From<StoreError> for io::Error {
+    fn from(err: StoreError) -> io::Error {
+        let kind = match err {
+            StoreError::NotFound { .. } => io::ErrorKind::NotFound,
+            StoreError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+/// An object as listed or looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: DateTime<Utc>,
+}
+
+/// Whether a put may replace an existing object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PutMode {
+    #[default]
+    Overwrite,
+    /// Fail with [`StoreError::AlreadyExists`] if the key exists; atomic on
+    /// every backend (no check-then-write race).
+    Create,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    /// The object's content type where the backend records one.
+    pub content_type: Option<&'static str>,
+}
+
+impl PutOptions {
+    pub fn create_only() -> Self {
+        PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        }
+    }
+}
+
+/// The body of a put: a factory of byte streams, so that a failed upload can
+/// be retried from the beginning without buffering the object.
+#[derive(Clone)]
+pub struct PutPayload {
+    open: Arc<dyn Fn() -> ByteStream + Send + Sync>,
+}
+
+impl PutPayload {
+    pub fn from_fn(open: impl Fn() -> ByteStream + Send + Sync + 'static) -> Self {
+        PutPayload {
+            open: Arc::new(open),
+        }
+    }
+
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        PutPayload::from_fn(move || stream::once(futures_util::future::ready(Ok(bytes.clone()))).boxed())
+    }
+
+    /// A fresh stream of the whole body.
+    pub fn open(&self) -> ByteStream {
+        (self.open)()
+    }
+}
+
+impl fmt::Debug for PutPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PutPayload")
+    }
+}
+
+/// A download in progress.
+pub struct GetResult {
+    pub meta: ObjectMeta,
+    pub stream: ByteStream,
+}
+
+impl GetResult {
+    /// Collects the whole object; for small objects such as sentinels.
+    pub async fn bytes(mut self) -> io::Result<Bytes> {
+        let mut buf = Vec::with_capacity(usize::try_from(self.meta.size).unwrap_or(0));
+        while let Some(chunk) = self.stream.next().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        Ok(buf.into())
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// Stores the object durably: when this returns `Ok`, it survives a crash
+    /// of this host and of the store's front end.
+    async fn put(&self, key: &str, payload: PutPayload, options: &PutOptions) -> Result<(), StoreError>;
+
+    async fn get(&self, key: &str) -> Result<GetResult, StoreError>;
+
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
+
+    /// Every object whose key starts with `prefix`, in lexicographic key order,
+    /// starting after `start_after` when given. Backends page internally.
+    fn list(&self, prefix: &str, start_after: Option<String>) -> BoxStream<'_, Result<ObjectMeta, StoreError>>;
+
+    /// Deletes the keys; keys that do not exist are not an error.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
+}
+
+/// Opens the store a prefix names, with WAL-E's retry behaviour around it.
+pub fn open(settings: &Settings) -> Result<Arc<dyn Store>, UserError> {
+    let policy = RetryPolicy::from_retries(settings.retries);
+    match settings.prefix.scheme {
+        Scheme::File => Ok(Arc::new(RetryingStore::new(
+            FileStore::new("/", format!("/{}", settings.prefix.path)),
+            policy,
+        ))),
+        Scheme::Gs => Err(UserError::new("Google Cloud Storage (gs://) is not supported")
+            .detail(format!("The storage prefix is {}.", settings.prefix.url))
+            .hint("Use an s3://, wabs://, swift:// or file:// prefix.")),
+        other => Err(UserError::new(format!(
+            "the {}:// storage backend is not available yet",
+            other.as_str()
+        ))
+        .detail(format!("The storage prefix is {}.", settings.prefix.url))
+        .hint("This version supports file:// prefixes only.")),
+    }
+}
