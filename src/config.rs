@@ -4,9 +4,9 @@
 //! goes through [`Env`]; tests pass a map instead of touching the process.
 //! Secrets are only ever read from the environment: no flag exists for them.
 
-use std::collections::HashMap;
 use crate::cli::GlobalArgs;
 use crate::error::UserError;
+use std::collections::HashMap;
 
 /// Where configuration values come from (the process environment in production).
 pub trait Env {
@@ -39,7 +39,9 @@ pub fn parse_bool_env(env: &dyn Env, name: &str) -> Result<bool, UserError> {
         "true" | "1" => Ok(true),
         _ => Err(UserError::new(format!("invalid boolean value in {name}"))
             .detail(format!("{name} is set to {raw:?}."))
-            .hint(format!("Set {name} to true, false, 1 or 0, or leave it unset."))),
+            .hint(format!(
+                "Set {name} to true, false, 1 or 0, or leave it unset."
+            ))),
     }
 }
 
@@ -291,11 +293,17 @@ mod tests {
     #[test]
     fn prefix_parsing_follows_wal_e_storage_layout() {
         let p = StoragePrefix::parse("s3://bkt/db1").unwrap();
-        assert_eq!((p.scheme, p.store_name.as_str(), p.path.as_str()), (Scheme::S3, "bkt", "db1/"));
+        assert_eq!(
+            (p.scheme, p.store_name.as_str(), p.path.as_str()),
+            (Scheme::S3, "bkt", "db1/")
+        );
         let p = StoragePrefix::parse("s3://bkt").unwrap();
         assert_eq!(p.path, "");
         let p = StoragePrefix::parse("file://localhost/srv/db1/").unwrap();
-        assert_eq!((p.store_name.as_str(), p.path.as_str()), ("localhost", "srv/db1/"));
+        assert_eq!(
+            (p.store_name.as_str(), p.path.as_str()),
+            ("localhost", "srv/db1/")
+        );
         let p = StoragePrefix::parse("file:///srv/db1").unwrap();
         assert_eq!(p.path, "srv/db1/");
         let p = StoragePrefix::parse("SWIFT://c/x").unwrap();
@@ -327,18 +335,34 @@ mod tests {
             file_prefix: Some("file://localhost/tmp/x".into()),
             ..Default::default()
         };
-        assert_eq!(Settings::from_args(&args, &e).unwrap().prefix.scheme, Scheme::File);
+        assert_eq!(
+            Settings::from_args(&args, &e).unwrap().prefix.scheme,
+            Scheme::File
+        );
         let s = Settings::from_args(&GlobalArgs::default(), &e).unwrap();
         assert_eq!(s.prefix.scheme, Scheme::S3);
-        let e = env(&[("WALE_SWIFT_PREFIX", "swift://c/x"), ("WALE_WABS_PREFIX", "wabs://c/x")]);
+        let e = env(&[
+            ("WALE_SWIFT_PREFIX", "swift://c/x"),
+            ("WALE_WABS_PREFIX", "wabs://c/x"),
+        ]);
         let s = Settings::from_args(&GlobalArgs::default(), &e).unwrap();
         assert_eq!(s.prefix.scheme, Scheme::Swift);
     }
 
     #[test]
     fn boolean_env_parsing_matches_wal_e() {
-        for (raw, want) in [("", false), ("0", false), ("FALSE", false), ("1", true), ("True", true)] {
-            assert_eq!(parse_bool_env(&env(&[("X", raw)]), "X").unwrap(), want, "{raw}");
+        for (raw, want) in [
+            ("", false),
+            ("0", false),
+            ("FALSE", false),
+            ("1", true),
+            ("True", true),
+        ] {
+            assert_eq!(
+                parse_bool_env(&env(&[("X", raw)]), "X").unwrap(),
+                want,
+                "{raw}"
+            );
         }
         assert!(!parse_bool_env(&env(&[]), "X").unwrap());
         let err = parse_bool_env(&env(&[("X", "yes")]), "X").unwrap_err();
@@ -348,8 +372,14 @@ mod tests {
     #[test]
     fn retries_default_limit_and_unlimited() {
         assert_eq!(Retries::from_env(&env(&[])).unwrap(), Retries::Limited(100));
-        assert_eq!(Retries::from_env(&env(&[("WALE_RETRIES", "3")])).unwrap(), Retries::Limited(3));
-        assert_eq!(Retries::from_env(&env(&[("WALE_RETRIES", "0")])).unwrap(), Retries::Unlimited);
+        assert_eq!(
+            Retries::from_env(&env(&[("WALE_RETRIES", "3")])).unwrap(),
+            Retries::Limited(3)
+        );
+        assert_eq!(
+            Retries::from_env(&env(&[("WALE_RETRIES", "0")])).unwrap(),
+            Retries::Unlimited
+        );
         assert!(Retries::from_env(&env(&[("WALE_RETRIES", "many")])).is_err());
     }
 
@@ -359,7 +389,10 @@ mod tests {
             aws_access_key_id: Some("AKIA".into()),
             ..Default::default()
         };
-        let e = env(&[("AWS_INSTANCE_PROFILE", "true"), ("WALE_S3_PREFIX", "s3://b/p")]);
+        let e = env(&[
+            ("AWS_INSTANCE_PROFILE", "true"),
+            ("WALE_S3_PREFIX", "s3://b/p"),
+        ]);
         let err = Settings::from_args(&args, &e).unwrap_err();
         assert!(err.msg.contains("mutually exclusive"));
     }

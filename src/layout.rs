@@ -231,7 +231,11 @@ impl Layout {
     }
 
     pub fn partition_key(&self, backup: &BackupName, number: u32) -> String {
-        format!("{}{}", self.partitions_dir(backup), partition_file_name(number))
+        format!(
+            "{}{}",
+            self.partitions_dir(backup),
+            partition_file_name(number)
+        )
     }
 }
 
@@ -262,7 +266,10 @@ pub struct RestoreSpec {
 
 impl RestoreSpec {
     pub fn location(&self, oid: &str) -> Option<&TablespaceLocation> {
-        self.locations.iter().find(|(o, _)| o == oid).map(|(_, l)| l)
+        self.locations
+            .iter()
+            .find(|(o, _)| o == oid)
+            .map(|(_, l)| l)
     }
 }
 
@@ -291,19 +298,19 @@ impl<'de> Deserialize<'de> for RestoreSpec {
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "base_prefix" => {
-                            spec.base_prefix = map.next_value::<Option<String>>()?.unwrap_or_default()
+                            spec.base_prefix =
+                                map.next_value::<Option<String>>()?.unwrap_or_default()
                         }
                         "tablespaces" => spec.tablespaces = map.next_value()?,
-                        _ => match map.next_value::<serde_json::Value>()? {
-                            serde_json::Value::Object(o) => {
+                        // Unknown scalar keys are ignored: WAL-E only reads the
+                        // entries named in `tablespaces`.
+                        _ => {
+                            if let serde_json::Value::Object(o) = map.next_value()? {
                                 let loc = serde_json::from_value(serde_json::Value::Object(o))
                                     .map_err(de::Error::custom)?;
                                 spec.locations.push((key, loc));
                             }
-                            // Unknown scalar keys are ignored, as WAL-E only reads the
-                            // entries named in `tablespaces`.
-                            _ => {}
-                        },
+                        }
                     }
                 }
                 Ok(spec)
@@ -354,7 +361,11 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -362,7 +373,11 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first { Ok(()) } else { writer.write_all(b", ") }
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(
@@ -403,15 +418,30 @@ mod tests {
     #[test]
     fn wal_keys_per_backend_match_the_spec_example() {
         let seg = "000000010000000000000002";
-        assert_eq!(layout("s3://bkt/db1").wal_key(seg), "db1/wal_005/000000010000000000000002.lzo");
-        assert_eq!(layout("wabs://ctr/db1").wal_key(seg), "db1/wal_005/000000010000000000000002.lzo");
-        assert_eq!(layout("swift://ctr/db1").wal_key(seg), "/db1/wal_005/000000010000000000000002.lzo");
-        assert_eq!(layout("gs://bkt/db1").wal_key(seg), "/db1/wal_005/000000010000000000000002.lzo");
+        assert_eq!(
+            layout("s3://bkt/db1").wal_key(seg),
+            "db1/wal_005/000000010000000000000002.lzo"
+        );
+        assert_eq!(
+            layout("wabs://ctr/db1").wal_key(seg),
+            "db1/wal_005/000000010000000000000002.lzo"
+        );
+        assert_eq!(
+            layout("swift://ctr/db1").wal_key(seg),
+            "/db1/wal_005/000000010000000000000002.lzo"
+        );
+        assert_eq!(
+            layout("gs://bkt/db1").wal_key(seg),
+            "/db1/wal_005/000000010000000000000002.lzo"
+        );
         assert_eq!(
             layout("file://localhost/srv/db1").wal_key(seg),
             "srv/db1/wal_005/000000010000000000000002.lzo"
         );
-        assert_eq!(layout("s3://bkt").wal_key(seg), "wal_005/000000010000000000000002.lzo");
+        assert_eq!(
+            layout("s3://bkt").wal_key(seg),
+            "wal_005/000000010000000000000002.lzo"
+        );
     }
 
     #[test]
@@ -434,9 +464,18 @@ mod tests {
     fn backup_object_names() {
         let l = layout("s3://bkt/db1");
         let b = BackupName::parse("base_000000010000000000000003_00000040").unwrap();
-        assert_eq!(l.sentinel_key(&b), "db1/basebackups_005/base_000000010000000000000003_00000040_backup_stop_sentinel.json");
-        assert_eq!(l.extended_version_key(&b), "db1/basebackups_005/base_000000010000000000000003_00000040/extended_version.txt");
-        assert_eq!(l.partition_key(&b, 12), "db1/basebackups_005/base_000000010000000000000003_00000040/tar_partitions/part_00000012.tar.lzo");
+        assert_eq!(
+            l.sentinel_key(&b),
+            "db1/basebackups_005/base_000000010000000000000003_00000040_backup_stop_sentinel.json"
+        );
+        assert_eq!(
+            l.extended_version_key(&b),
+            "db1/basebackups_005/base_000000010000000000000003_00000040/extended_version.txt"
+        );
+        assert_eq!(
+            l.partition_key(&b, 12),
+            "db1/basebackups_005/base_000000010000000000000003_00000040/tar_partitions/part_00000012.tar.lzo"
+        );
         let from_sentinel = BackupName::from_sentinel_file_name(
             "base_000000010000000000000003_00000040_backup_stop_sentinel.json",
         );
@@ -446,7 +485,10 @@ mod tests {
     #[test]
     fn backup_offsets_are_decimal_and_padded_to_8() {
         let seg = SegmentName::parse("000000010000000000000003").unwrap();
-        assert_eq!(BackupName::new(seg, 40).to_string(), "base_000000010000000000000003_00000040");
+        assert_eq!(
+            BackupName::new(seg, 40).to_string(),
+            "base_000000010000000000000003_00000040"
+        );
         assert_eq!(BackupName::new(seg, 3_626_144).start_offset, "03626144");
     }
 

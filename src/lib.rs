@@ -30,7 +30,11 @@ pub fn run() -> u8 {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return if err.use_stderr() { exit::UNEXPECTED } else { exit::OK };
+            return if err.use_stderr() {
+                exit::UNEXPECTED
+            } else {
+                exit::OK
+            };
         }
     };
     let env = ProcessEnv;
@@ -57,7 +61,10 @@ pub fn run() -> u8 {
             "starting WAL-E"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => return report(&CommandError::unexpected(err)),
     };

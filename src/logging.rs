@@ -42,7 +42,11 @@ impl LogSettings {
             .unwrap_or_else(|| "stderr,syslog".to_string());
         let mut stderr = false;
         let mut want_syslog = false;
-        for dest in destinations.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        for dest in destinations
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+        {
             match dest.to_ascii_lowercase().as_str() {
                 "stderr" => stderr = true,
                 "syslog" => want_syslog = true,
@@ -51,7 +55,9 @@ impl LogSettings {
                 )),
             }
         }
-        let facility = env.var("WALE_SYSLOG_FACILITY").unwrap_or_else(|| "user".into());
+        let facility = env
+            .var("WALE_SYSLOG_FACILITY")
+            .unwrap_or_else(|| "user".into());
         let parsed = parse_facility(&facility).unwrap_or_else(|| {
             complaints.push(format!(
                 "invalid WALE_SYSLOG_FACILITY {facility:?}; using \"user\""
@@ -211,7 +217,9 @@ impl<S: Subscriber> Layer<S> for WalELayer {
         );
         if self.stderr {
             // One write per record so concurrent processes do not interleave lines.
-            let _ = std::io::stderr().lock().write_all(format!("{line}\n").as_bytes());
+            let _ = std::io::stderr()
+                .lock()
+                .write_all(format!("{line}\n").as_bytes());
         }
         if let Some(writer) = &self.syslog
             && let Ok(mut writer) = writer.lock()
@@ -265,7 +273,8 @@ mod tests {
     use std::collections::HashMap;
 
     fn at() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 23, 19, 48, 49).unwrap() + chrono::Duration::microseconds(520_613)
+        Utc.with_ymd_and_hms(2026, 11, 23, 19, 48, 49).unwrap()
+            + chrono::Duration::microseconds(520_613)
     }
 
     #[test]
@@ -285,7 +294,11 @@ mod tests {
                 ("action".into(), "push-wal".into()),
             ],
         };
-        let line = format_line("wal_e.worker.upload", "INFO", &format_body(&record, at(), 8689));
+        let line = format_line(
+            "wal_e.worker.upload",
+            "INFO",
+            &format_body(&record, at(), 8689),
+        );
         assert_eq!(
             line,
             "wal_e.worker.upload INFO     MSG: completed archiving to a file\n        DETAIL: Archiving to \"file://localhost/backups/db1/wal_005/000000010000000000000002.lzo\" complete at 2489.73KiB/s.\n        STRUCTURED: time=2026-11-23T19:48:49.520613-00 pid=8689 action=push-wal key=file://localhost/backups/db1/wal_005/000000010000000000000002.lzo prefix=backups/db1/ rate=2489.73 seg=000000010000000000000002 state=complete"
@@ -300,7 +313,11 @@ mod tests {
             hint: Some("h".into()),
             ..Default::default()
         };
-        let line = format_line("wal_e.main", level_name(Level::ERROR, false), &format_body(&record, at(), 1));
+        let line = format_line(
+            "wal_e.main",
+            level_name(Level::ERROR, false),
+            &format_body(&record, at(), 1),
+        );
         assert_eq!(
             line,
             "wal_e.main   ERROR    MSG: no storage prefix defined\n        DETAIL: d\n        HINT: h\n        STRUCTURED: time=2026-11-23T19:48:49.520613-00 pid=1"
@@ -312,10 +329,8 @@ mod tests {
 
     #[test]
     fn destinations_terse_and_facility() {
-        let env: HashMap<String, String> = [
-            ("WALE_LOG_DESTINATION".to_string(), "stderr".to_string()),
-        ]
-        .into();
+        let env: HashMap<String, String> =
+            [("WALE_LOG_DESTINATION".to_string(), "stderr".to_string())].into();
         let s = LogSettings::from_env(&env, true);
         assert!(s.stderr && s.syslog.is_none() && s.max_level == Level::WARN);
         let env: HashMap<String, String> = HashMap::new();

@@ -18,7 +18,9 @@ pub async fn dispatch(command: Command, settings: &Settings) -> CmdResult {
 /// Commands whose implementation has not landed yet parse their arguments and
 /// then say so, instead of silently doing nothing.
 fn not_available(name: &str) -> UserError {
-    UserError::new(format!("{name} is not available in this version of wal-e yet"))
-        .detail("The command line was accepted, but this command has not been implemented.")
-        .hint("See README.rst for the commands this version supports.")
+    UserError::new(format!(
+        "{name} is not available in this version of wal-e yet"
+    ))
+    .detail("The command line was accepted, but this command has not been implemented.")
+    .hint("See README.rst for the commands this version supports.")
 }

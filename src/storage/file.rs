@@ -53,8 +53,12 @@ impl FileStore {
 
 fn classify(op: &'static str, key: &str, err: io::Error) -> StoreError {
     match err.kind() {
-        io::ErrorKind::NotFound => StoreError::NotFound { key: key.to_string() },
-        io::ErrorKind::AlreadyExists => StoreError::AlreadyExists { key: key.to_string() },
+        io::ErrorKind::NotFound => StoreError::NotFound {
+            key: key.to_string(),
+        },
+        io::ErrorKind::AlreadyExists => StoreError::AlreadyExists {
+            key: key.to_string(),
+        },
         // NFS and busy disks: these can clear up on their own.
         io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
             StoreError::transient(op, key, err)
@@ -118,7 +122,10 @@ impl FileStore {
         .map_err(|e| StoreError::permanent("put", key, e))?
         .map_err(|e| classify("put", key, e))?;
 
-        let std_file = temp.as_file().try_clone().map_err(|e| classify("put", key, e))?;
+        let std_file = temp
+            .as_file()
+            .try_clone()
+            .map_err(|e| classify("put", key, e))?;
         let mut file = tokio::fs::File::from_std(std_file);
         let mut body = payload.open();
         while let Some(chunk) = body.next().await {
@@ -126,7 +133,9 @@ impl FileStore {
                 key: key.to_string(),
                 source,
             })?;
-            file.write_all(&chunk).await.map_err(|e| classify("put", key, e))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| classify("put", key, e))?;
         }
         file.flush().await.map_err(|e| classify("put", key, e))?;
         file.sync_all().await.map_err(|e| classify("put", key, e))?;
@@ -147,7 +156,9 @@ impl FileStore {
                 continue;
             }
             let path = entry.path();
-            let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+            let Ok(rel) = path.strip_prefix(&self.root) else {
+                continue;
+            };
             let Some(key) = rel.to_str() else { continue };
             let file_type = entry.file_type()?;
             if file_type.is_dir() {
@@ -184,7 +195,12 @@ impl FileStore {
 
 #[async_trait]
 impl Store for FileStore {
-    async fn put(&self, key: &str, payload: PutPayload, options: &PutOptions) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        options: &PutOptions,
+    ) -> Result<(), StoreError> {
         let path = self.path("put", key)?;
         let dir = path
             .parent()
@@ -208,10 +224,14 @@ impl Store for FileStore {
 
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
         let path = self.path("get", key)?;
-        let file = tokio::fs::File::open(&path).await.map_err(|e| classify("get", key, e))?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| classify("get", key, e))?;
         let md = file.metadata().await.map_err(|e| classify("get", key, e))?;
         if !md.is_file() {
-            return Err(StoreError::NotFound { key: key.to_string() });
+            return Err(StoreError::NotFound {
+                key: key.to_string(),
+            });
         }
         Ok(GetResult {
             meta: meta_of(key.to_string(), &md),
@@ -221,14 +241,22 @@ impl Store for FileStore {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         let path = self.path("head", key)?;
-        let md = tokio::fs::metadata(&path).await.map_err(|e| classify("head", key, e))?;
+        let md = tokio::fs::metadata(&path)
+            .await
+            .map_err(|e| classify("head", key, e))?;
         if !md.is_file() {
-            return Err(StoreError::NotFound { key: key.to_string() });
+            return Err(StoreError::NotFound {
+                key: key.to_string(),
+            });
         }
         Ok(meta_of(key.to_string(), &md))
     }
 
-    fn list(&self, prefix: &str, start_after: Option<String>) -> BoxStream<'_, Result<ObjectMeta, StoreError>> {
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+    ) -> BoxStream<'_, Result<ObjectMeta, StoreError>> {
         let prefix = prefix.trim_start_matches('/').to_string();
         let store = self.clone();
         stream::once(async move {
@@ -249,7 +277,9 @@ impl Store for FileStore {
             match listed {
                 Ok(Ok(items)) => stream::iter(items.into_iter().map(Ok)).boxed(),
                 Ok(Err(e)) => stream::iter([Err(classify("list", "(listing)", e))]).boxed(),
-                Err(e) => stream::iter([Err(StoreError::permanent("list", "(listing)", e))]).boxed(),
+                Err(e) => {
+                    stream::iter([Err(StoreError::permanent("list", "(listing)", e))]).boxed()
+                }
             }
         })
         .flatten()

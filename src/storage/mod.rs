@@ -145,7 +145,9 @@ impl PutPayload {
 
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        PutPayload::from_fn(move || stream::once(futures_util::future::ready(Ok(bytes.clone()))).boxed())
+        PutPayload::from_fn(move || {
+            stream::once(futures_util::future::ready(Ok(bytes.clone()))).boxed()
+        })
     }
 
     /// A fresh stream of the whole body.
@@ -181,7 +183,12 @@ impl GetResult {
 pub trait Store: Send + Sync + fmt::Debug {
     /// Stores the object durably: when this returns `Ok`, it survives a crash
     /// of this host and of the store's front end.
-    async fn put(&self, key: &str, payload: PutPayload, options: &PutOptions) -> Result<(), StoreError>;
+    async fn put(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        options: &PutOptions,
+    ) -> Result<(), StoreError>;
 
     async fn get(&self, key: &str) -> Result<GetResult, StoreError>;
 
@@ -189,7 +196,11 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Every object whose key starts with `prefix`, in lexicographic key order,
     /// starting after `start_after` when given. Backends page internally.
-    fn list(&self, prefix: &str, start_after: Option<String>) -> BoxStream<'_, Result<ObjectMeta, StoreError>>;
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+    ) -> BoxStream<'_, Result<ObjectMeta, StoreError>>;
 
     /// Deletes the keys; keys that do not exist are not an error.
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
@@ -203,9 +214,11 @@ pub fn open(settings: &Settings) -> Result<Arc<dyn Store>, UserError> {
             FileStore::new("/", format!("/{}", settings.prefix.path)),
             policy,
         ))),
-        Scheme::Gs => Err(UserError::new("Google Cloud Storage (gs://) is not supported")
-            .detail(format!("The storage prefix is {}.", settings.prefix.url))
-            .hint("Use an s3://, wabs://, swift:// or file:// prefix.")),
+        Scheme::Gs => Err(
+            UserError::new("Google Cloud Storage (gs://) is not supported")
+                .detail(format!("The storage prefix is {}.", settings.prefix.url))
+                .hint("Use an s3://, wabs://, swift:// or file:// prefix."),
+        ),
         other => Err(UserError::new(format!(
             "the {}:// storage backend is not available yet",
             other.as_str()

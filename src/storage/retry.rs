@@ -49,7 +49,9 @@ impl RetryPolicy {
             .with_total_delay(self.max_total_delay);
         match self.retries {
             // WALE_RETRIES counts attempts; backon counts retries after the first.
-            Retries::Limited(attempts) => builder.with_max_times(attempts.saturating_sub(1) as usize),
+            Retries::Limited(attempts) => {
+                builder.with_max_times(attempts.saturating_sub(1) as usize)
+            }
             Retries::Unlimited => builder.without_max_times(),
         }
     }
@@ -90,7 +92,12 @@ impl<S: Store> RetryingStore<S> {
 
 #[async_trait]
 impl<S: Store> Store for RetryingStore<S> {
-    async fn put(&self, key: &str, payload: PutPayload, options: &PutOptions) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        key: &str,
+        payload: PutPayload,
+        options: &PutOptions,
+    ) -> Result<(), StoreError> {
         retry(&self.policy, &format!("uploading {key}"), || {
             self.inner.put(key, payload.clone(), options)
         })
@@ -98,15 +105,25 @@ impl<S: Store> Store for RetryingStore<S> {
     }
 
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
-        retry(&self.policy, &format!("downloading {key}"), || self.inner.get(key)).await
+        retry(&self.policy, &format!("downloading {key}"), || {
+            self.inner.get(key)
+        })
+        .await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        retry(&self.policy, &format!("looking up {key}"), || self.inner.head(key)).await
+        retry(&self.policy, &format!("looking up {key}"), || {
+            self.inner.head(key)
+        })
+        .await
     }
 
     /// A listing that fails midway resumes after the last key it yielded.
-    fn list(&self, prefix: &str, start_after: Option<String>) -> BoxStream<'_, Result<ObjectMeta, StoreError>> {
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<String>,
+    ) -> BoxStream<'_, Result<ObjectMeta, StoreError>> {
         struct State<'a> {
             inner: BoxStream<'a, Result<ObjectMeta, StoreError>>,
             last_key: Option<String>,
@@ -160,7 +177,10 @@ impl<S: Store> Store for RetryingStore<S> {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
-        retry(&self.policy, "deleting a batch of objects", || self.inner.delete_many(keys)).await
+        retry(&self.policy, "deleting a batch of objects", || {
+            self.inner.delete_many(keys)
+        })
+        .await
     }
 }
 

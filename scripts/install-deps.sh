@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the system packages that building and testing wal-e need, on
+# Debian 12. Idempotent: does nothing when everything is present.
+set -euo pipefail
+
+# command-or-file to look for -> Debian package that provides it
+declare -A wanted=(
+  [cmake]=cmake                                  # lzo-sys builds liblzo2 with it
+  [pkg-config]=pkg-config                        # sequoia's nettle backend
+  [/usr/include/nettle/nettle-types.h]=nettle-dev
+  [/usr/lib/llvm-14/lib/libclang.so]=libclang-dev  # bindgen for nettle-sys
+  [lzop]=lzop                                    # compatibility tests
+  [gpg]=gnupg                                    # compatibility tests
+)
+
+missing=()
+for probe in "${!wanted[@]}"; do
+  if [[ $probe == /* ]]; then
+    [[ -e $probe ]] || missing+=("${wanted[$probe]}")
+  else
+    command -v "$probe" >/dev/null 2>&1 || missing+=("${wanted[$probe]}")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+if [[ $(id -u) != 0 ]]; then
+  echo "install-deps: missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

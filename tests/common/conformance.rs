@@ -1,0 +1,286 @@
+//! The storage conformance suite: written once, run against every backend's
+//! real server (file:// needs none). Each check works under its own key prefix
+//! so checks can share one store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use wal_e::ByteStream;
+use wal_e::storage::{PutOptions, PutPayload, Store, StoreError};
+
+/// Deterministic, incompressible-looking test data of any length, produced in
+/// chunks so large objects never sit in memory whole.
+pub fn pattern_stream(len: u64, seed: u64) -> ByteStream {
+    const CHUNK: u64 = 64 * 1024;
+    let chunks = len.div_ceil(CHUNK);
+    stream::iter(0..chunks)
+        .map(move |i| {
+            let n = CHUNK.min(len - i * CHUNK) as usize;
+            let mut state = seed ^ (i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut buf = Vec::with_capacity(n);
+            while buf.len() < n {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                buf.extend_from_slice(&state.to_le_bytes());
+            }
+            buf.truncate(n);
+            Ok(Bytes::from(buf))
+        })
+        .boxed()
+}
+
+/// Length and Adler-32 of a stream, consumed chunk by chunk.
+pub async fn digest(mut s: ByteStream) -> std::io::Result<(u64, u32)> {
+    let mut adler = adler2::Adler32::new();
+    let mut len = 0;
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk?;
+        len += chunk.len() as u64;
+        adler.write_slice(&chunk);
+    }
+    Ok((len, adler.checksum()))
+}
+
+fn pattern_payload(len: u64, seed: u64) -> PutPayload {
+    PutPayload::from_fn(move || pattern_stream(len, seed))
+}
+
+async fn list_keys(store: &dyn Store, prefix: &str, start_after: Option<String>) -> Vec<String> {
+    store
+        .list(prefix, start_after)
+        .map_ok(|m| m.key)
+        .try_collect()
+        .await
+        .expect("listing succeeds")
+}
+
+pub async fn round_trips_of_various_sizes(store: &dyn Store, base: &str) {
+    for (len, seed) in [(0u64, 1u64), (1, 2), (64 * 1024 * 1024, 3)] {
+        let key = format!("{base}obj-{len}");
+        store
+            .put(&key, pattern_payload(len, seed), &PutOptions::default())
+            .await
+            .unwrap();
+        let head = store.head(&key).await.unwrap();
+        assert_eq!(head.size, len, "head size of {key}");
+        let got = store.get(&key).await.unwrap();
+        assert_eq!(got.meta.size, len);
+        let want = digest(pattern_stream(len, seed)).await.unwrap();
+        assert_eq!(digest(got.stream).await.unwrap(), want, "content of {key}");
+    }
+}
+
+pub async fn missing_objects_are_not_found(store: &dyn Store, base: &str) {
+    let key = format!("{base}does-not-exist");
+    assert!(matches!(
+        store.get(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.head(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+pub async fn create_only_put_reports_already_exists(store: &dyn Store, base: &str) {
+    let key = format!("{base}wal_005/000000010000000000000001.lzo");
+    store
+        .put(
+            &key,
+            PutPayload::from_bytes("first"),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .put(
+            &key,
+            PutPayload::from_bytes("second"),
+            &PutOptions::create_only(),
+        )
+        .await;
+    assert!(
+        matches!(second, Err(StoreError::AlreadyExists { .. })),
+        "{second:?}"
+    );
+    let body = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"first", "create-only must not overwrite");
+    // An ordinary put does replace.
+    store
+        .put(
+            &key,
+            PutPayload::from_bytes("third"),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let body = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"third");
+}
+
+pub async fn listing_pages_through_many_keys(store: &dyn Store, base: &str) {
+    const N: usize = 2_600;
+    let mut want: Vec<String> = (0..N)
+        .map(|i| format!("{base}many/d{}/k{i:05}", i % 7))
+        .collect();
+    stream::iter(want.clone())
+        .map(|key| async move {
+            store
+                .put(
+                    &key,
+                    PutPayload::from_bytes(Bytes::from(key.clone())),
+                    &PutOptions::default(),
+                )
+                .await
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+    want.sort();
+    let got = list_keys(store, &format!("{base}many/"), None).await;
+    assert_eq!(got.len(), N);
+    assert_eq!(got, want, "every key exactly once, in lexicographic order");
+
+    // Resuming after a key, as a paginating client does.
+    let after = want[1_234].clone();
+    let rest = list_keys(store, &format!("{base}many/"), Some(after)).await;
+    assert_eq!(rest, want[1_235..].to_vec());
+
+    // A prefix that ends inside a name, like wal_005/0000000100000000000000.
+    let partial = list_keys(store, &format!("{base}many/d3/k0001"), None).await;
+    let expect: Vec<String> = want
+        .iter()
+        .filter(|k| k.starts_with(&format!("{base}many/d3/k0001")))
+        .cloned()
+        .collect();
+    assert!(!expect.is_empty());
+    assert_eq!(partial, expect);
+}
+
+pub async fn delete_many_is_idempotent(store: &dyn Store, base: &str) {
+    let keys: Vec<String> = (0..5).map(|i| format!("{base}del/sub/k{i}")).collect();
+    for key in &keys {
+        store
+            .put(key, PutPayload::from_bytes("x"), &PutOptions::default())
+            .await
+            .unwrap();
+    }
+    let mut doomed = keys[..3].to_vec();
+    doomed.push(format!("{base}del/never-existed"));
+    store.delete_many(&doomed).await.unwrap();
+    store.delete_many(&doomed).await.unwrap();
+    assert_eq!(
+        list_keys(store, &format!("{base}del/"), None).await,
+        keys[3..].to_vec()
+    );
+    store.delete_many(&keys).await.unwrap();
+    assert!(
+        list_keys(store, &format!("{base}del/"), None)
+            .await
+            .is_empty()
+    );
+}
+
+/// A put that stops midway (the process killed, the connection lost) must
+/// leave nothing a reader could see: the object is absent until complete.
+pub async fn interrupted_put_leaves_nothing_visible(store: Arc<dyn Store>, base: &str) {
+    let key = format!("{base}interrupted/000000010000000000000009.lzo");
+    let polls = Arc::new(AtomicUsize::new(0));
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel::<()>();
+    let reached_tx = Arc::new(std::sync::Mutex::new(Some(reached_tx)));
+    let payload = {
+        let polls = polls.clone();
+        PutPayload::from_fn(move || {
+            let polls = polls.clone();
+            let reached_tx = reached_tx.clone();
+            // Six MiB of data (enough for a multipart part), then never another byte.
+            let head = pattern_stream(6 * 1024 * 1024, 9);
+            let stall = stream::once(async move {
+                if let Some(tx) = reached_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                std::future::pending::<std::io::Result<Bytes>>().await
+            });
+            head.inspect(move |_| {
+                polls.fetch_add(1, Ordering::SeqCst);
+            })
+            .chain(stall)
+            .boxed()
+        })
+    };
+    let task = {
+        let store = store.clone();
+        let key = key.clone();
+        tokio::spawn(async move { store.put(&key, payload, &PutOptions::create_only()).await })
+    };
+    reached_rx
+        .await
+        .expect("the upload consumed the first part of the body");
+    assert!(polls.load(Ordering::SeqCst) > 0);
+    assert!(matches!(
+        store.head(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        list_keys(&*store, &format!("{base}interrupted/"), None)
+            .await
+            .is_empty()
+    );
+    task.abort();
+    let _ = task.await;
+    assert!(matches!(
+        store.get(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        list_keys(&*store, &format!("{base}interrupted/"), None)
+            .await
+            .is_empty()
+    );
+    // And the key is still free for a create-only put.
+    store
+        .put(
+            &key,
+            PutPayload::from_bytes("whole"),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap();
+}
+
+/// A failure producing the body aborts the put without a visible object.
+pub async fn payload_errors_abort_the_put(store: &dyn Store, base: &str) {
+    let key = format!("{base}payload-error/obj");
+    let payload = PutPayload::from_fn(|| {
+        pattern_stream(1024, 5)
+            .chain(stream::once(async {
+                Err(std::io::Error::other("disk on fire"))
+            }))
+            .boxed()
+    });
+    let err = store
+        .put(&key, payload, &PutOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Payload { .. }), "{err:?}");
+    assert!(err.to_string().contains("disk on fire"));
+    assert!(matches!(
+        store.head(&key).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+/// Runs every check; `base` is a fresh key prefix ending in `/`.
+pub async fn run_all(store: Arc<dyn Store>, base: &str) {
+    round_trips_of_various_sizes(&*store, base).await;
+    missing_objects_are_not_found(&*store, base).await;
+    create_only_put_reports_already_exists(&*store, base).await;
+    listing_pages_through_many_keys(&*store, base).await;
+    delete_many_is_idempotent(&*store, base).await;
+    payload_errors_abort_the_put(&*store, base).await;
+    interrupted_put_leaves_nothing_visible(store, base).await;
+}

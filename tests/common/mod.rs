@@ -1,0 +1,4 @@
+//! Shared test harness.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod conformance;
