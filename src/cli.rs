@@ -30,7 +30,7 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, Clone, Args)]
 pub struct GlobalArgs {
     /// Public AWS access key (overrides AWS_ACCESS_KEY_ID; the secret key is read
     /// from AWS_SECRET_ACCESS_KEY only).
@@ -83,6 +83,36 @@ pub struct GlobalArgs {
     /// Only log warnings and errors.
     #[arg(long, global = true)]
     pub terse: bool,
+}
+
+impl GlobalArgs {
+    /// The options as arguments again, to start a helper process (wal-prefetch)
+    /// configured like this one. Secrets are never among them.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut opt = |flag: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                args.push(flag.to_string());
+                args.push(v.clone());
+            }
+        };
+        opt("--aws-access-key-id", &self.aws_access_key_id);
+        opt("--gs-access-key-id", &self.gs_access_key_id);
+        opt("--wabs-account-name", &self.wabs_account_name);
+        opt("--s3-prefix", &self.s3_prefix);
+        opt("--wabs-prefix", &self.wabs_prefix);
+        opt("--swift-prefix", &self.swift_prefix);
+        opt("--gs-prefix", &self.gs_prefix);
+        opt("--file-prefix", &self.file_prefix);
+        opt("--gpg-key-id", &self.gpg_key_id);
+        if self.aws_instance_profile {
+            args.push("--aws-instance-profile".into());
+        }
+        if self.terse {
+            args.push("--terse".into());
+        }
+        args
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -284,6 +314,27 @@ mod tests {
     fn global_options_work_after_the_subcommand() {
         let cli = Cli::try_parse_from(["wal-e", "wal-push", "--terse", "pg_wal/0001"]).unwrap();
         assert!(cli.global.terse);
+    }
+
+    #[test]
+    fn global_options_round_trip_through_to_args() {
+        let cli = Cli::try_parse_from([
+            "wal-e",
+            "--terse",
+            "--file-prefix",
+            "file:///x",
+            "--gpg-key-id",
+            "ABC",
+            "version",
+        ])
+        .unwrap();
+        let mut argv = vec!["wal-e".to_string()];
+        argv.extend(cli.global.to_args());
+        argv.push("version".into());
+        let again = Cli::try_parse_from(argv).unwrap();
+        assert!(again.global.terse);
+        assert_eq!(again.global.file_prefix.as_deref(), Some("file:///x"));
+        assert_eq!(again.global.gpg_key_id.as_deref(), Some("ABC"));
     }
 
     #[test]

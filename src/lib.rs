@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod layout;
 pub mod logging;
+pub mod pipeline;
 pub mod storage;
 
 use std::io::{self, Write};
@@ -68,7 +69,7 @@ pub fn run() -> u8 {
         Ok(rt) => rt,
         Err(err) => return report(&CommandError::unexpected(err)),
     };
-    match runtime.block_on(commands::dispatch(command, &settings)) {
+    match runtime.block_on(commands::dispatch(command, settings, cli.global)) {
         Ok(()) => exit::OK,
         Err(err) => report(&err),
     }

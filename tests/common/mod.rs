@@ -1,4 +1,6 @@
 //! Shared test harness.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod cli;
 pub mod conformance;
+pub mod pg;
