@@ -3,4 +3,5 @@
 
 pub mod cli;
 pub mod conformance;
+pub mod gpg;
 pub mod pg;
