@@ -1,0 +1,154 @@
+//! wal-push as PostgreSQL 15's archive_command and wal-fetch as its
+//! restore_command, against a real cluster and a file:// store.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::cli::{lzop_decompress, wal_e_bin};
+use common::pg::{Cluster, chown_to_postgres, make_traversable};
+use wal_e::layout::SegmentName;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A test directory the `postgres` user can work in, with a store inside it.
+struct Setup {
+    tmp: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        make_traversable(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("store")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("side")).unwrap();
+        chown_to_postgres(&tmp.path().join("store"));
+        chown_to_postgres(&tmp.path().join("side"));
+        Setup { tmp }
+    }
+
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+
+    /// `env … wal-e`, as an archive or restore command would start it.
+    fn wal_e(&self) -> String {
+        format!(
+            "env WALE_FILE_PREFIX=file://localhost{} WALE_LOG_DESTINATION=stderr {}",
+            self.store().display(),
+            wal_e_bin().display()
+        )
+    }
+
+    fn archiving_cluster(&self, name: &str, side_copy: bool) -> Cluster {
+        let cluster = Cluster::init(self.path(), name);
+        let side = if side_copy {
+            format!("cp %p {}/%f && ", self.path().join("side").display())
+        } else {
+            String::new()
+        };
+        cluster.append_conf(&format!(
+            "archive_mode = on\narchive_command = '{side}{} wal-push %p'\nwal_keep_size = '4GB'\n",
+            self.wal_e()
+        ));
+        cluster.start();
+        cluster
+    }
+}
+
+#[test]
+fn every_archived_segment_decompresses_to_what_postgres_wrote() {
+    let setup = Setup::new();
+    let pg = setup.archiving_cluster("primary", true);
+    pg.pgbench_init(2);
+    pg.psql("CREATE TABLE filler (id serial PRIMARY KEY, pad text)");
+    let mut last = String::new();
+    for i in 0..20 {
+        pg.psql(&format!("INSERT INTO filler (pad) SELECT repeat('x', 100) || g || '-{i}' FROM generate_series(1, 2000) g"));
+        last = pg.switch_wal();
+    }
+    pg.wait_for_archived(&last, TIMEOUT);
+
+    // wal_keep_size keeps every segment in pg_wal, so the objects of pooled
+    // uploads (which PostgreSQL never hands to archive_command) are checked too.
+    let objects: Vec<String> = std::fs::read_dir(setup.store().join("wal_005"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let segments = objects
+        .iter()
+        .filter(|n| SegmentName::parse(n.trim_end_matches(".lzo")).is_some())
+        .count();
+    assert!(segments >= 20, "only {segments} segments archived");
+    for object in &objects {
+        let name = object.strip_suffix(".lzo").expect("every object ends in .lzo");
+        let original = pg.data_dir.join("pg_wal").join(name);
+        let stored = lzop_decompress(&setup.store().join("wal_005").join(object));
+        assert!(stored == std::fs::read(&original).unwrap(), "{name}: archived bytes differ from PostgreSQL's");
+    }
+    // The side copies made by the command itself agree as well.
+    for entry in std::fs::read_dir(setup.path().join("side")).unwrap() {
+        let original = entry.unwrap().path();
+        let name = original.file_name().unwrap().to_str().unwrap().to_string();
+        let stored = lzop_decompress(&setup.store().join("wal_005").join(format!("{name}.lzo")));
+        assert!(stored == std::fs::read(&original).unwrap(), "{name}");
+    }
+    // Nothing failed along the way.
+    let (_, failed, _) = pg.archiver_stats().unwrap();
+    assert_eq!(failed, "0", "{}", pg.log_tail());
+}
+
+#[test]
+fn recovery_through_wal_fetch_reaches_the_end_of_the_archive() {
+    let setup = Setup::new();
+    let primary = setup.archiving_cluster("primary", false);
+    primary.pgbench_init(1);
+    primary.psql("CREATE TABLE marker (id int PRIMARY KEY, note text)");
+    primary.psql("INSERT INTO marker SELECT g, 'before backup ' || g FROM generate_series(1, 1000) g");
+
+    let restored_dir = setup.path().join("restored");
+    primary.base_backup_to(&restored_dir);
+
+    for i in 0..5 {
+        primary.psql(&format!(
+            "INSERT INTO marker SELECT g, 'after backup ' || g FROM generate_series({0} * 1000 + 1001, {0} * 1000 + 2000) g",
+            i
+        ));
+        primary.pgbench(2, 50);
+        primary.switch_wal();
+    }
+    primary.psql("INSERT INTO marker VALUES (999999, 'last row')");
+    let last = primary.switch_wal();
+    primary.wait_for_archived(&last, TIMEOUT);
+    let expected = primary.psql("SELECT id, note FROM marker ORDER BY id");
+    let expected_accounts = primary.psql("SELECT sum(abalance), count(*) FROM pgbench_accounts");
+    primary.stop();
+
+    let restored = Cluster::existing(restored_dir);
+    restored.append_conf(&format!(
+        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
+        setup.wal_e()
+    ));
+    restored.touch("recovery.signal");
+    restored.start();
+    restored.wait_for_recovery_end(TIMEOUT);
+
+    assert_eq!(restored.psql("SELECT id, note FROM marker ORDER BY id"), expected, "every row, in order");
+    assert_eq!(restored.psql("SELECT sum(abalance), count(*) FROM pgbench_accounts"), expected_accounts);
+    let log = restored.log_tail();
+    assert!(log.contains("archive recovery complete") || log.contains("selected new timeline ID"), "{log}");
+    // wal-fetch never left temporary files where PostgreSQL looks.
+    let pg_wal = restored.data_dir.join("pg_wal");
+    for entry in std::fs::read_dir(&pg_wal).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            name == "archive_status" || name == ".wal-e" || name.len() >= 24 || name.ends_with(".history"),
+            "unexpected file {name} in pg_wal"
+        );
+    }
+}
