@@ -17,3 +17,12 @@ lint:
 # Everything CI checks: setup, lints and the whole test suite.
 test: setup lint
     cargo test --locked --no-fail-fast
+
+# The main job on a file:// store: archive, base backup, restore, PITR.
+demo: setup
+    cargo build --locked
+    scripts/demo.sh
+
+# Throughput and latency beside lzop and cp, measured in the same run.
+bench: setup
+    cargo bench --locked --bench pipeline
