@@ -27,11 +27,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 
 fn time_runs(mut f: impl FnMut()) -> Duration {
     f(); // warm caches
-    median((0..RUNS).map(|_| {
-        let t = Instant::now();
-        f();
-        t.elapsed()
-    }).collect())
+    median(
+        (0..RUNS)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect(),
+    )
 }
 
 fn mb_per_s(bytes: usize, d: Duration) -> f64 {
@@ -55,7 +59,9 @@ fn real_wal_segment(dir: &Path) -> Vec<u8> {
 }
 
 fn run_stream(input: Vec<Bytes>, f: impl FnOnce(wal_e::ByteStream) -> wal_e::ByteStream) -> usize {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut out = f(stream::iter(input.into_iter().map(Ok)).boxed());
         let mut n = 0;
@@ -67,7 +73,9 @@ fn run_stream(input: Vec<Bytes>, f: impl FnOnce(wal_e::ByteStream) -> wal_e::Byt
 }
 
 fn chunks(data: &[u8]) -> Vec<Bytes> {
-    data.chunks(lzop::BLOCK_SIZE).map(Bytes::copy_from_slice).collect()
+    data.chunks(lzop::BLOCK_SIZE)
+        .map(Bytes::copy_from_slice)
+        .collect()
 }
 
 fn lzop_cmd(args: &[&str], input: &Path) -> Duration {
@@ -85,12 +93,19 @@ fn lzop_cmd(args: &[&str], input: &Path) -> Duration {
 fn wal_e(store: &Path, args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_wal-e"))
         .args(args)
-        .env("WALE_FILE_PREFIX", format!("file://localhost{}", store.display()))
+        .env(
+            "WALE_FILE_PREFIX",
+            format!("file://localhost{}", store.display()),
+        )
         .env("WALE_LOG_DESTINATION", "stderr")
         .arg("--terse")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn row(what: &str, ours: String, base_name: &str, base: String, ratio: f64) {
@@ -103,7 +118,11 @@ fn main() {
     let seg_path = scratch.path().join("segment");
     std::fs::write(&seg_path, &segment).unwrap();
     let compressed: Vec<u8> = {
-        let out = Command::new("lzop").arg("-c").arg(&seg_path).output().unwrap();
+        let out = Command::new("lzop")
+            .arg("-c")
+            .arg(&seg_path)
+            .output()
+            .unwrap();
         out.stdout
     };
     let lzo_path = scratch.path().join("segment.lzo");
@@ -121,8 +140,17 @@ fn main() {
     let theirs = time_runs(|| {
         lzop_cmd(&["-c"], &seg_path);
     });
-    let (a, b) = (mb_per_s(segment.len(), ours), mb_per_s(segment.len(), theirs));
-    row("compress (MB/s of WAL)", format!("{a:.0}"), "lzop -c", format!("{b:.0}"), a / b);
+    let (a, b) = (
+        mb_per_s(segment.len(), ours),
+        mb_per_s(segment.len(), theirs),
+    );
+    row(
+        "compress (MB/s of WAL)",
+        format!("{a:.0}"),
+        "lzop -c",
+        format!("{b:.0}"),
+        a / b,
+    );
 
     let cblocks = chunks(&compressed);
     let ours = time_runs(|| {
@@ -131,8 +159,17 @@ fn main() {
     let theirs = time_runs(|| {
         lzop_cmd(&["-dc"], &lzo_path);
     });
-    let (a, b) = (mb_per_s(segment.len(), ours), mb_per_s(segment.len(), theirs));
-    row("decompress (MB/s of WAL)", format!("{a:.0}"), "lzop -dc", format!("{b:.0}"), a / b);
+    let (a, b) = (
+        mb_per_s(segment.len(), ours),
+        mb_per_s(segment.len(), theirs),
+    );
+    row(
+        "decompress (MB/s of WAL)",
+        format!("{a:.0}"),
+        "lzop -dc",
+        format!("{b:.0}"),
+        a / b,
+    );
 
     // wal-push of one segment, whole process, vs cp to the same disk.
     let pg_wal = scratch.path().join("pg_wal");
@@ -143,11 +180,23 @@ fn main() {
     let push = time_runs(|| {
         n += 1;
         let store = scratch.path().join(format!("store-{n}"));
-        wal_e(&store, &["wal-push", "--pool-size", "1", pg_wal.join(name).to_str().unwrap()]);
+        wal_e(
+            &store,
+            &[
+                "wal-push",
+                "--pool-size",
+                "1",
+                pg_wal.join(name).to_str().unwrap(),
+            ],
+        );
     });
     let cp = time_runs(|| {
         n += 1;
-        let status = Command::new("cp").arg(pg_wal.join(name)).arg(scratch.path().join(format!("cp-{n}"))).status().unwrap();
+        let status = Command::new("cp")
+            .arg(pg_wal.join(name))
+            .arg(scratch.path().join(format!("cp-{n}")))
+            .status()
+            .unwrap();
         assert!(status.success());
     });
     row(
@@ -159,19 +208,34 @@ fn main() {
     );
 
     // Pooled: 32 ready segments pushed by one wal-push.
-    let names: Vec<String> = (0x20..0x40).map(|i| format!("0000000100000000000000{i:02X}")).collect();
+    let names: Vec<String> = (0x20..0x40)
+        .map(|i| format!("0000000100000000000000{i:02X}"))
+        .collect();
     for name in &names {
         std::fs::write(pg_wal.join(name), &segment).unwrap();
     }
     let pooled = time_runs(|| {
         for name in &names {
-            std::fs::write(pg_wal.join("archive_status").join(format!("{name}.ready")), b"").unwrap();
+            std::fs::write(
+                pg_wal.join("archive_status").join(format!("{name}.ready")),
+                b"",
+            )
+            .unwrap();
         }
         n += 1;
         let store: PathBuf = scratch.path().join(format!("store-{n}"));
-        wal_e(&store, &["wal-push", "--pool-size", "32", pg_wal.join(&names[0]).to_str().unwrap()]);
+        wal_e(
+            &store,
+            &[
+                "wal-push",
+                "--pool-size",
+                "32",
+                pg_wal.join(&names[0]).to_str().unwrap(),
+            ],
+        );
         for name in &names[1..] {
-            let _ = std::fs::remove_file(pg_wal.join("archive_status").join(format!("{name}.done")));
+            let _ =
+                std::fs::remove_file(pg_wal.join("archive_status").join(format!("{name}.done")));
         }
     });
     let cp_all = time_runs(|| {
@@ -179,10 +243,23 @@ fn main() {
         let dir = scratch.path().join(format!("cp-{n}"));
         std::fs::create_dir(&dir).unwrap();
         for name in &names {
-            let status = Command::new("cp").arg(pg_wal.join(name)).arg(dir.join(name)).status().unwrap();
+            let status = Command::new("cp")
+                .arg(pg_wal.join(name))
+                .arg(dir.join(name))
+                .status()
+                .unwrap();
             assert!(status.success());
         }
     });
-    let (a, b) = (names.len() as f64 / pooled.as_secs_f64(), names.len() as f64 / cp_all.as_secs_f64());
-    row("wal-push --pool-size 32 (segs/s)", format!("{a:.1}"), "cp, serial", format!("{b:.1}"), a / b);
+    let (a, b) = (
+        names.len() as f64 / pooled.as_secs_f64(),
+        names.len() as f64 / cp_all.as_secs_f64(),
+    );
+    row(
+        "wal-push --pool-size 32 (segs/s)",
+        format!("{a:.1}"),
+        "cp, serial",
+        format!("{b:.1}"),
+        a / b,
+    );
 }

@@ -393,6 +393,77 @@ fn start_prefetches(ctx: &Context, dirs: &PrefetchDirs, upcoming: &[SegmentName]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::GlobalArgs;
+    use crate::config::Settings;
+    use crate::storage::{GetResult, ObjectMeta, PutOptions, PutPayload, Store};
+    use async_trait::async_trait;
+    use futures_util::stream::BoxStream;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A store whose every request fails as an outage would.
+    #[derive(Debug, Default)]
+    struct Unreachable {
+        gets: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Store for Unreachable {
+        async fn put(&self, key: &str, _: PutPayload, _: &PutOptions) -> Result<(), StoreError> {
+            Err(StoreError::transient("put", key, "connection refused"))
+        }
+        async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            Err(StoreError::transient("get", key, "connection refused"))
+        }
+        async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+            Err(StoreError::transient("head", key, "connection refused"))
+        }
+        fn list(
+            &self,
+            prefix: &str,
+            _: Option<String>,
+        ) -> BoxStream<'_, Result<ObjectMeta, StoreError>> {
+            let err = StoreError::transient("list", prefix, "connection refused");
+            futures_util::stream::iter([Err(err)]).boxed()
+        }
+        async fn delete_many(&self, _: &[String]) -> Result<(), StoreError> {
+            Err(StoreError::transient(
+                "delete",
+                "batch",
+                "connection refused",
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_exits_126_after_the_retries() {
+        let env: HashMap<String, String> = [
+            ("WALE_S3_PREFIX".to_string(), "s3://bucket/db".to_string()),
+            ("WALE_RETRIES".to_string(), "3".to_string()),
+        ]
+        .into();
+        let settings = Settings::from_args(&GlobalArgs::default(), &env).unwrap();
+        let store = Arc::new(Unreachable::default());
+        let ctx = Context::new(settings, store.clone(), GlobalArgs::default());
+        let dest = tempfile::tempdir().unwrap();
+        let args = WalFetchArgs {
+            wal_segment: "000000010000000000000001".into(),
+            wal_destination: dest.path().join("RECOVERYXLOG"),
+            prefetch: 0,
+        };
+        let started = std::time::Instant::now();
+        let err = run(&ctx, &args).await.unwrap_err();
+        assert_eq!(err.exit_code(), exit::RESTORE_UNAVAILABLE, "{err}");
+        assert_eq!(
+            store.gets.load(Ordering::SeqCst),
+            3,
+            "WALE_RETRIES attempts"
+        );
+        // Two waits of 1-2 s and 2-4 s with jitter: bounded, and never "not found".
+        assert!(started.elapsed() < Duration::from_secs(15));
+        assert!(!dest.path().join("RECOVERYXLOG").exists());
+    }
 
     fn seg(s: &str) -> SegmentName {
         SegmentName::parse(s).unwrap()
