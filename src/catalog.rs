@@ -208,7 +208,9 @@ pub async fn list_wal(ctx: &Context) -> Result<Vec<Entry>, UserError> {
     list_classified(ctx, &dir, StoreObject::from_wal_name).await
 }
 
-async fn list_classified(
+/// Every key under `dir` (relative to the prefix, e.g. `basebackups_004/`),
+/// classified by `classify` from its name relative to `dir`.
+pub async fn list_classified(
     ctx: &Context,
     dir: &str,
     classify: fn(&str) -> StoreObject,

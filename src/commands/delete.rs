@@ -245,25 +245,14 @@ pub fn sweep_before(
 }
 
 async fn plan_everything(ctx: &Context) -> Result<Vec<Doomed>, UserError> {
-    let basebackups = catalog::list_basebackups(ctx).await?;
-    let wal = catalog::list_wal(ctx).await?;
-    let is_sentinel = |e: &&Entry| matches!(e.object, StoreObject::Sentinel(_));
-    let doomed = |e: &Entry, kind| Doomed {
-        key: e.meta.key.clone(),
-        kind,
-    };
-    let mut plan: Vec<Doomed> = basebackups
-        .iter()
-        .filter(is_sentinel)
-        .map(|e| doomed(e, "part of a base backup"))
-        .collect();
-    plan.extend(
-        basebackups
-            .iter()
-            .filter(|e| !is_sentinel(e))
-            .map(|e| doomed(e, "part of a base backup")),
+    let mut plan = whole_directory(
+        &catalog::list_basebackups(ctx).await?,
+        "part of a base backup",
     );
-    plan.extend(wal.iter().map(|e| doomed(e, "part of wal logs")));
+    plan.extend(whole_directory(
+        &catalog::list_wal(ctx).await?,
+        "part of wal logs",
+    ));
     Ok(plan)
 }
 
@@ -272,19 +261,31 @@ async fn plan_everything(ctx: &Context) -> Result<Vec<Doomed>, UserError> {
 async fn plan_old_versions(ctx: &Context) -> Result<Vec<Doomed>, UserError> {
     let mut plan = Vec::new();
     for version in OBSOLETE_VERSIONS {
-        for (dir, kind) in [
-            (format!("basebackups_{version}/"), "part of a base backup"),
-            (format!("wal_{version}/"), "part of wal logs"),
-        ] {
-            for meta in catalog::list_objects(ctx, &dir).await? {
-                plan.push(Doomed {
-                    key: meta.key,
-                    kind,
-                });
-            }
-        }
+        let basebackups = catalog::list_classified(
+            ctx,
+            &format!("basebackups_{version}/"),
+            StoreObject::from_basebackups_name,
+        )
+        .await?;
+        plan.extend(whole_directory(&basebackups, "part of a base backup"));
+        let wal =
+            catalog::list_classified(ctx, &format!("wal_{version}/"), StoreObject::from_wal_name)
+                .await?;
+        plan.extend(whole_directory(&wal, "part of wal logs"));
     }
     Ok(plan)
+}
+
+/// Every listed key, sentinels first.
+fn whole_directory(entries: &[Entry], kind: &'static str) -> Vec<Doomed> {
+    let is_sentinel = |e: &&Entry| matches!(e.object, StoreObject::Sentinel(_));
+    let doomed = |e: &Entry| Doomed {
+        key: e.meta.key.clone(),
+        kind,
+    };
+    let mut plan: Vec<Doomed> = entries.iter().filter(is_sentinel).map(doomed).collect();
+    plan.extend(entries.iter().filter(|e| !is_sentinel(e)).map(doomed));
+    plan
 }
 
 /// Logs every key and, unless this is a dry run, deletes them in batches.
