@@ -287,15 +287,20 @@ pub enum DeleteTarget {
     OldVersions,
     /// Delete every backup and WAL file under the prefix.
     Everything,
+    /// Anything else: rejected by `delete` itself with exit 1 (not as a
+    /// usage error), so that a mistyped cron job fails like other bad input.
+    #[command(external_subcommand)]
+    Unknown(Vec<String>),
 }
 
 impl DeleteTarget {
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> &str {
         match self {
             DeleteTarget::Before { .. } => "before",
             DeleteTarget::Retain { .. } => "retain",
             DeleteTarget::OldVersions => "old-versions",
             DeleteTarget::Everything => "everything",
+            DeleteTarget::Unknown(args) => args.first().map_or("", String::as_str),
         }
     }
 }
@@ -349,6 +354,19 @@ mod tests {
             Some(Command::WalPush(a)) => assert_eq!(a.pool_size, 32),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn unknown_delete_targets_are_parsed_for_delete_to_reject() {
+        let cli = Cli::try_parse_from(["wal-e", "delete", "--confirm", "all", "x"]).unwrap();
+        match cli.command {
+            Some(Command::Delete(d)) => {
+                assert_eq!(d.target.name(), "all");
+                assert!(matches!(d.target, DeleteTarget::Unknown(ref a) if a == &["all", "x"]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["wal-e", "delete"]).is_err());
     }
 
     #[test]

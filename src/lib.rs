@@ -3,6 +3,7 @@
 //! The binary is a thin shell around [`run`]; everything else lives in the
 //! library so integration tests can drive it.
 
+pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -1,5 +1,7 @@
 //! One module per command; [`dispatch`] maps the parsed command line to them.
 
+pub mod backup_list;
+pub mod delete;
 pub mod wal_fetch;
 pub mod wal_push;
 
@@ -63,6 +65,8 @@ pub async fn dispatch(command: Command, settings: Settings, global: GlobalArgs) 
         Command::WalPush(args) => wal_push::run(&ctx, &args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, &args).await,
         Command::WalPrefetch(args) => wal_fetch::run_prefetch(&ctx, &args).await,
+        Command::BackupList(args) => backup_list::run(&ctx, &args).await,
+        Command::Delete(args) => delete::run(&ctx, &args).await,
         other => Err(not_available(&other.log_name()).into()),
     }
 }
