@@ -344,7 +344,9 @@ impl Extractor {
                             Ok(_) => {
                                 return Err(io_err(
                                     &path,
-                                    io::Error::other("the tablespace link leads to a non-directory"),
+                                    io::Error::other(
+                                        "the tablespace link leads to a non-directory",
+                                    ),
                                 ));
                             }
                             Err(e) => return Err(io_err(&path, e)),

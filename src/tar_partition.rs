@@ -301,8 +301,12 @@ impl Walker {
                 ));
             } else if ft.is_file() {
                 let size = md.len();
-                self.members
-                    .push(member_from(member_name, path, &md, MemberKind::File { size }));
+                self.members.push(member_from(
+                    member_name,
+                    path,
+                    &md,
+                    MemberKind::File { size },
+                ));
             } else {
                 // Sockets, FIFOs and devices have no place in a data
                 // directory and nothing to restore.
@@ -369,11 +373,9 @@ impl Walker {
 /// Walks `cluster_dir` (spec §3.3, entries sorted by name) and cuts the
 /// members into partitions.
 pub fn plan(cluster_dir: &Path, limits: &Limits) -> Result<Plan, TarError> {
-    let given = cluster_dir
-        .to_str()
-        .ok_or_else(|| TarError::NonUtf8Name {
-            path: cluster_dir.to_path_buf(),
-        })?;
+    let given = cluster_dir.to_str().ok_or_else(|| TarError::NonUtf8Name {
+        path: cluster_dir.to_path_buf(),
+    })?;
     let mut base_prefix = given.to_string();
     if !base_prefix.ends_with('/') {
         base_prefix.push('/');
@@ -387,7 +389,12 @@ pub fn plan(cluster_dir: &Path, limits: &Limits) -> Result<Plan, TarError> {
         return Err(TarError::NotADirectory { path: root });
     }
     let mut walker = Walker {
-        members: vec![member_from(String::new(), root.clone(), &md, MemberKind::Dir)],
+        members: vec![member_from(
+            String::new(),
+            root.clone(),
+            &md,
+            MemberKind::Dir,
+        )],
         spec: RestoreSpec {
             base_prefix,
             ..RestoreSpec::default()
@@ -481,7 +488,13 @@ pub fn final_partition(
     }
     let control = root.join("global").join("pg_control");
     // pg_control is essential: its absence fails the backup, not a skip.
-    let md = fs::symlink_metadata(&control).map_err(|e| walk_err(&control, e))?;
+    let md = fs::metadata(&control).map_err(|e| walk_err(&control, e))?;
+    if !md.is_file() {
+        return Err(walk_err(
+            &control,
+            io::Error::other("global/pg_control is not a regular file"),
+        ));
+    }
     let size = md.len();
     members.push(member_from(
         "global/pg_control".to_string(),
@@ -571,9 +584,9 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.buf, BytesMut::with_capacity(CHUNK)).freeze();
-        self.tx.blocking_send(chunk).map_err(|_| {
-            io::Error::new(io::ErrorKind::BrokenPipe, "the tar stream was dropped")
-        })
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the tar stream was dropped"))
     }
 
     /// Pads to a whole record and sends what is left.
@@ -650,7 +663,12 @@ fn write_tar(partition: &Partition, tx: mpsc::Sender<Bytes>) -> io::Result<()> {
     };
     let mut builder = tar::Builder::new(&mut out);
     for member in &partition.members {
-        append_member(&mut builder, member)?;
+        if let Err(e) = append_member(&mut builder, member) {
+            // Dropping the builder would append end-of-archive blocks, making
+            // the truncated archive look whole to a reader that stops there.
+            std::mem::forget(builder);
+            return Err(e);
+        }
     }
     // Two zero blocks; `finish` marks the builder finished so its drop adds
     // nothing after our padding.
@@ -720,9 +738,7 @@ fn append_member<W: Write>(builder: &mut tar::Builder<W>, member: &Member) -> io
             let mut header = header_for(member, tar::EntryType::Regular, *size);
             builder
                 .append_data(&mut header, &member.name, data)
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("reading {}: {e}", source.display()))
-                })
+                .map_err(|e| io::Error::new(e.kind(), format!("reading {}: {e}", source.display())))
         }
     }
 }
