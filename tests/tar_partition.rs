@@ -62,8 +62,14 @@ fn fixture() -> Fixture {
         put(&data.join(excluded), b"must not be archived\n");
     }
     put(&data.join("base/1/1259"), &vec![7u8; 8192]);
-    put(&data.join("base/1/postmaster.pid"), b"only top level is excluded");
-    put(&data.join("base/1/backup_label"), b"only top level is excluded");
+    put(
+        &data.join("base/1/postmaster.pid"),
+        b"only top level is excluded",
+    );
+    put(
+        &data.join("base/1/backup_label"),
+        b"only top level is excluded",
+    );
     put(&data.join("base/pgsql_tmp/pgsql_tmp123.0"), b"temp");
     put(&data.join("base/1/pg_stat_tmp/junk"), b"temp");
     put(&data.join("base/1/.wal-e/junk"), b"temp");
@@ -77,8 +83,14 @@ fn fixture() -> Fixture {
     put(&data.join(".wal-e/prefetch/x"), b"prefetch");
     put(&data.join("lost+found/orphan"), b"orphan");
     put(&data.join("base/lost+found/orphan"), b"orphan");
-    put(&data.join("sub/postgresql.conf"), b"kept below the top level");
-    put(&data.join("deep/pg_wal/kept"), b"pg_wal is special only at the top");
+    put(
+        &data.join("sub/postgresql.conf"),
+        b"kept below the top level",
+    );
+    put(
+        &data.join("deep/pg_wal/kept"),
+        b"pg_wal is special only at the top",
+    );
     fs::create_dir_all(data.join("emptydir")).unwrap();
     // pg_xlog as a symlink to a WAL directory elsewhere: kept as a symlink.
     put(&wal_target.join("000000010000000000000001"), b"wal");
@@ -93,7 +105,7 @@ fn fixture() -> Fixture {
     symlink(&ts, data.join("pg_tblspc/16400")).unwrap();
     symlink("/nonexistent/ts", data.join("pg_tblspc/16401")).unwrap();
     Fixture {
-        tmp: tmp,
+        tmp,
         data,
         ts,
         wal_target,
@@ -214,7 +226,11 @@ fn plan_follows_every_walk_rule() {
     assert_eq!(ts_file.kind, MemberKind::File { size: 4096 });
     assert_eq!(
         ts_file.source.as_deref(),
-        Some(fx.data.join("pg_tblspc/16400/PG_15_202209061/1/2").as_path()),
+        Some(
+            fx.data
+                .join("pg_tblspc/16400/PG_15_202209061/1/2")
+                .as_path()
+        ),
         "tablespace files are read through the pg_tblspc link"
     );
     let md = fs::symlink_metadata(fx.data.join("base/1/1259")).unwrap();
@@ -244,7 +260,10 @@ fn a_relative_cluster_dir_is_walked_and_kept_as_given_in_the_spec() {
     let fx = fixture();
     let cwd = std::env::current_dir().unwrap();
     let ups = "../".repeat(cwd.components().count() - 1);
-    let relative = format!("{ups}{}", fx.data.display().to_string().trim_start_matches('/'));
+    let relative = format!(
+        "{ups}{}",
+        fx.data.display().to_string().trim_start_matches('/')
+    );
     let plan = plan(Path::new(&relative), &Limits::default()).unwrap();
     assert_eq!(plan.spec.base_prefix, format!("{relative}/"));
     let m = member(&plan, "base/1/1259");
@@ -278,11 +297,19 @@ fn small_limits_make_many_partitions_in_order_within_the_limits() {
         max_members: 5,
     };
     let cut = plan(&data, &limits).unwrap();
-    assert!(cut.partitions.len() >= 11, "{} partitions", cut.partitions.len());
+    assert!(
+        cut.partitions.len() >= 11,
+        "{} partitions",
+        cut.partitions.len()
+    );
     for (i, p) in cut.partitions.iter().enumerate() {
         assert_eq!(p.number as usize, i);
         assert!(!p.members.is_empty());
-        assert!(p.members.len() <= 5, "partition {i} has {}", p.members.len());
+        assert!(
+            p.members.len() <= 5,
+            "partition {i} has {}",
+            p.members.len()
+        );
         let max_alone = p.members.len() == 1 && p.data_bytes() == 10_000;
         assert!(p.data_bytes() < 10_000 || max_alone, "partition {i}");
     }
@@ -293,7 +320,11 @@ fn small_limits_make_many_partitions_in_order_within_the_limits() {
         .iter()
         .find(|p| p.members.iter().any(|m| m.name == "base/2/exactly_max"))
         .unwrap();
-    assert_eq!(exact.members.len(), 1, "a max-sized member gets a partition of its own");
+    assert_eq!(
+        exact.members.len(),
+        1,
+        "a max-sized member gets a partition of its own"
+    );
     // Three 3000-byte files fit (9000), a fourth would reach the limit.
     let full = cut.partitions.iter().map(|p| p.data_bytes()).max().unwrap();
     assert_eq!(full, 10_000);
@@ -400,7 +431,11 @@ fn gnu_tar_list(archive: &[u8]) -> Vec<String> {
         .output()
         .expect("GNU tar runs");
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -445,12 +480,18 @@ async fn write_partition_streams_a_gnu_tar_that_both_readers_list() {
         entries["danglinglink"].link.as_deref(),
         Some("/nonexistent/wal-e-test")
     );
-    assert_eq!(entries["pg_tblspc/16400/PG_15_202209061/1/2"].data, vec![3u8; 4096]);
+    assert_eq!(
+        entries["pg_tblspc/16400/PG_15_202209061/1/2"].data,
+        vec![3u8; 4096]
+    );
 
     let listing = gnu_tar_list(&archive);
     assert_eq!(listing.len(), expected.len());
     for (line, name) in listing.iter().zip(&expected) {
-        assert!(line.ends_with(name.as_str()) || line.contains(&format!(" {name} -> ")), "{line} vs {name}");
+        assert!(
+            line.ends_with(name.as_str()) || line.contains(&format!(" {name} -> ")),
+            "{line} vs {name}"
+        );
     }
     let line = |name: &str| {
         listing
@@ -525,12 +566,19 @@ async fn long_names_and_link_targets_round_trip() {
         .unwrap();
     let (_, entries) = parse(&archive);
     assert_eq!(entries[&file].data, b"deep contents");
-    assert_eq!(entries[&format!("{deep}")].kind, tar::EntryType::Directory);
-    assert_eq!(entries["longlink"].link.as_deref(), Some(long_target.as_str()));
+    assert_eq!(entries[&deep].kind, tar::EntryType::Directory);
+    assert_eq!(
+        entries["longlink"].link.as_deref(),
+        Some(long_target.as_str())
+    );
     let listing = gnu_tar_list(&archive);
     assert!(listing.iter().any(|l| l.ends_with(&file)), "{listing:?}");
     assert!(listing.iter().any(|l| l.ends_with(&deep)));
-    assert!(listing.iter().any(|l| l.ends_with(&format!("longlink -> {long_target}"))));
+    assert!(
+        listing
+            .iter()
+            .any(|l| l.ends_with(&format!("longlink -> {long_target}")))
+    );
 
     let dest = tmp.path().join("restored");
     extract(bytes_stream(archive), &dest, ExtractOptions::default())
@@ -560,15 +608,29 @@ async fn the_rate_limit_applies_to_the_tar_stream() {
 #[tokio::test]
 async fn the_final_partition_has_label_map_and_pg_control_last() {
     let fx = fixture();
-    let p = final_partition(&fx.data, 7, "START WAL LOCATION: 0/2000028\n", Some("16400 /srv/ts\n"))
-        .unwrap();
+    let p = final_partition(
+        &fx.data,
+        7,
+        "START WAL LOCATION: 0/2000028\n",
+        Some("16400 /srv/ts\n"),
+    )
+    .unwrap();
     assert_eq!(p.number, 7);
     let names: Vec<&str> = p.members.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["backup_label", "tablespace_map", "global/pg_control"]);
+    assert_eq!(
+        names,
+        ["backup_label", "tablespace_map", "global/pg_control"]
+    );
     let archive = collect(write_partition(p, None)).await.unwrap();
     let (order, entries) = parse(&archive);
-    assert_eq!(order, ["backup_label", "tablespace_map", "global/pg_control"]);
-    assert_eq!(entries["backup_label"].data, b"START WAL LOCATION: 0/2000028\n");
+    assert_eq!(
+        order,
+        ["backup_label", "tablespace_map", "global/pg_control"]
+    );
+    assert_eq!(
+        entries["backup_label"].data,
+        b"START WAL LOCATION: 0/2000028\n"
+    );
     assert_eq!(entries["backup_label"].mode, 0o600);
     assert_eq!(entries["tablespace_map"].data, b"16400 /srv/ts\n");
     assert_eq!(entries["global/pg_control"].data, vec![2u8; 8192]);
@@ -578,7 +640,10 @@ async fn the_final_partition_has_label_map_and_pg_control_last() {
     let names: Vec<&str> = no_map.members.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["backup_label", "global/pg_control"]);
     assert_eq!(
-        final_partition(&fx.data, 1, "label", None).unwrap().members.len(),
+        final_partition(&fx.data, 1, "label", None)
+            .unwrap()
+            .members
+            .len(),
         2
     );
     fs::remove_file(fx.data.join("global/pg_control")).unwrap();
@@ -610,13 +675,27 @@ fn mtime(path: &Path) -> i64 {
 async fn extract_round_trips_a_planned_data_directory() {
     let fx = fixture();
     // Modes and times that must come back, and bits that must not.
-    fs::set_permissions(fx.data.join("PG_VERSION"), fs::Permissions::from_mode(0o640)).unwrap();
-    fs::set_permissions(fx.data.join("global/1262"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(
+        fx.data.join("PG_VERSION"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    fs::set_permissions(
+        fx.data.join("global/1262"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
     fs::set_permissions(fx.data.join("base"), fs::Permissions::from_mode(0o755)).unwrap();
-    for (i, f) in ["PG_VERSION", "base/1/1259", "global/1262"].iter().enumerate() {
+    for (i, f) in ["PG_VERSION", "base/1/1259", "global/1262"]
+        .iter()
+        .enumerate()
+    {
         set_mtime(&fx.data.join(f), OLD + i as u64);
     }
-    for (i, d) in ["base/1", "base", "emptydir", "pg_wal", ""].iter().enumerate() {
+    for (i, d) in ["base/1", "base", "emptydir", "pg_wal", ""]
+        .iter()
+        .enumerate()
+    {
         set_mtime(&fx.data.join(d), OLD + 100 + i as u64);
     }
     let one = Limits::default();
@@ -654,7 +733,14 @@ async fn extract_round_trips_a_planned_data_directory() {
         let mode = |p: &str| fs::symlink_metadata(dest.join(p)).unwrap().mode() & 0o7777;
         assert_eq!(mode("PG_VERSION"), 0o640);
         assert_eq!(mode("global/1262"), 0o755, "setuid dropped");
-        for dir in ["base", "base/1", "emptydir", "pg_wal", "pg_stat_tmp", "base/pgsql_tmp"] {
+        for dir in [
+            "base",
+            "base/1",
+            "emptydir",
+            "pg_wal",
+            "pg_stat_tmp",
+            "base/pgsql_tmp",
+        ] {
             assert_eq!(mode(dir), 0o700, "{dir}");
         }
         assert_eq!(mtime(&dest.join("PG_VERSION")), OLD as i64);
@@ -672,7 +758,10 @@ async fn extract_round_trips_a_planned_data_directory() {
             fs::read(dest.join("pg_tblspc/16400/PG_15_202209061/1/2")).unwrap(),
             vec![3u8; 4096]
         );
-        assert!(dest.join("pg_tblspc/16400/PG_15_202209061/emptydb").is_dir());
+        assert!(
+            dest.join("pg_tblspc/16400/PG_15_202209061/emptydb")
+                .is_dir()
+        );
         assert!(!dest.join("postgresql.conf").exists());
         assert!(!dest.join("global/pg_control").exists());
         if run == 0 {
@@ -694,9 +783,13 @@ async fn extracting_a_partition_twice_gives_the_same_result() {
     let plan = plan(&fx.data, &Limits::default()).unwrap();
     let archive = archive_of(&plan).await.remove(0);
     let dest = fx.tmp.path().join("restore");
-    let first = extract(bytes_stream(archive.clone()), &dest, ExtractOptions::default())
-        .await
-        .unwrap();
+    let first = extract(
+        bytes_stream(archive.clone()),
+        &dest,
+        ExtractOptions::default(),
+    )
+    .await
+    .unwrap();
     fs::write(dest.join("PG_VERSION"), b"changed by a half-done attempt").unwrap();
     let second = extract(bytes_stream(archive), &dest, ExtractOptions::default())
         .await
@@ -721,9 +814,13 @@ async fn tablespace_links_set_up_by_the_restore_are_written_through() {
     symlink(&new_ts, dest.join("pg_tblspc/16400")).unwrap();
 
     // Not listed: refused.
-    let err = extract(bytes_stream(archive.clone()), &dest, ExtractOptions::default())
-        .await
-        .unwrap_err();
+    let err = extract(
+        bytes_stream(archive.clone()),
+        &dest,
+        ExtractOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ExtractError::Unsafe { .. }), "{err:?}");
     assert!(!new_ts.join("PG_15_202209061").exists());
 
@@ -731,7 +828,9 @@ async fn tablespace_links_set_up_by_the_restore_are_written_through() {
         tablespace_links: vec!["pg_tblspc/16400".into()],
         restore_owner: false,
     };
-    extract(bytes_stream(archive), &dest, options).await.unwrap();
+    extract(bytes_stream(archive), &dest, options)
+        .await
+        .unwrap();
     assert_eq!(
         fs::read(new_ts.join("PG_15_202209061/1/2")).unwrap(),
         vec![3u8; 4096]
@@ -746,7 +845,10 @@ async fn tablespace_links_set_up_by_the_restore_are_written_through() {
 }
 
 /// An archive with raw names the tar crate's builder would refuse.
-fn raw_archive(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+/// (name, type, link target, data)
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
+
+fn raw_archive(entries: &[RawEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, link, data) in entries {
         let mut h = tar::Header::new_gnu();
@@ -794,12 +896,21 @@ async fn path_traversal_is_refused_and_writes_nothing_outside() {
     fs::create_dir_all(&dest).unwrap();
     let abs = format!("{}/evil", outside.display());
     let reg = tar::EntryType::Regular;
-    for name in ["../evil", abs.as_str(), "a/../../evil", "../outside/evil", "ok/../../../evil"] {
+    for name in [
+        "../evil",
+        abs.as_str(),
+        "a/../../evil",
+        "../outside/evil",
+        "ok/../../../evil",
+    ] {
         let archive = raw_archive(&[("fine", reg, "", b"ok"), (name, reg, "", b"pwned")]);
         let err = extract(bytes_stream(archive), &dest, ExtractOptions::default())
             .await
             .unwrap_err();
-        assert!(matches!(err, ExtractError::Unsafe { .. }), "{name}: {err:?}");
+        assert!(
+            matches!(err, ExtractError::Unsafe { .. }),
+            "{name}: {err:?}"
+        );
         assert!(tree(&outside).is_empty(), "{name}");
         assert!(!tmp.path().join("evil").exists() && !tmp.path().join("a/evil").exists());
     }
@@ -814,7 +925,7 @@ async fn symlinks_in_the_archive_are_not_followed() {
     fs::create_dir_all(&outside).unwrap();
     let dest = tmp.path().join("dest");
     let target = outside.to_str().unwrap();
-    let cases: [&[(&str, tar::EntryType, &str, &[u8])]; 3] = [
+    let cases: [&[RawEntry]; 3] = [
         &[
             ("link", tar::EntryType::Symlink, target, b""),
             ("link/evil", tar::EntryType::Regular, "", b"pwned"),
@@ -829,9 +940,13 @@ async fn symlinks_in_the_archive_are_not_followed() {
         ],
     ];
     for entries in cases {
-        let err = extract(bytes_stream(raw_archive(entries)), &dest, ExtractOptions::default())
-            .await
-            .unwrap_err();
+        let err = extract(
+            bytes_stream(raw_archive(entries)),
+            &dest,
+            ExtractOptions::default(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ExtractError::Unsafe { .. }), "{err:?}");
         assert!(tree(&outside).is_empty());
     }
@@ -844,7 +959,12 @@ async fn symlinks_in_the_archive_are_not_followed() {
         .unwrap();
     assert_eq!(fs::read(outside.join("victim")).unwrap(), b"original");
     assert_eq!(fs::read(dest.join("file")).unwrap(), b"new");
-    assert!(!fs::symlink_metadata(dest.join("file")).unwrap().file_type().is_symlink());
+    assert!(
+        !fs::symlink_metadata(dest.join("file"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }
 
 #[tokio::test]
@@ -857,11 +977,20 @@ async fn a_pre_existing_symlink_in_dest_is_refused_unless_listed() {
     symlink(&outside, dest.join("pg_tblspc/16400")).unwrap();
     let archive = raw_archive(&[
         ("pg_tblspc/16400/PG_15/", tar::EntryType::Directory, "", b""),
-        ("pg_tblspc/16400/PG_15/1/2", tar::EntryType::Regular, "", b"data"),
+        (
+            "pg_tblspc/16400/PG_15/1/2",
+            tar::EntryType::Regular,
+            "",
+            b"data",
+        ),
     ]);
-    let err = extract(bytes_stream(archive.clone()), &dest, ExtractOptions::default())
-        .await
-        .unwrap_err();
+    let err = extract(
+        bytes_stream(archive.clone()),
+        &dest,
+        ExtractOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ExtractError::Unsafe { .. }), "{err:?}");
     assert!(tree(&outside).is_empty());
     // Listed (in any spelling the spec might use): writes land in it.
@@ -869,7 +998,9 @@ async fn a_pre_existing_symlink_in_dest_is_refused_unless_listed() {
         tablespace_links: vec!["./pg_tblspc/16400/".into()],
         restore_owner: false,
     };
-    extract(bytes_stream(archive), &dest, options).await.unwrap();
+    extract(bytes_stream(archive), &dest, options)
+        .await
+        .unwrap();
     assert_eq!(fs::read(outside.join("PG_15/1/2")).unwrap(), b"data");
     assert_eq!(
         fs::symlink_metadata(outside.join("PG_15")).unwrap().mode() & 0o777,
@@ -889,7 +1020,10 @@ async fn wal_e_style_root_entries_and_hard_links() {
     let stats = extract(bytes_stream(archive), &dest, ExtractOptions::default())
         .await
         .unwrap();
-    assert_eq!(stats, wal_e::tar_extract::ExtractStats { files: 2, bytes: 4 });
+    assert_eq!(
+        stats,
+        wal_e::tar_extract::ExtractStats { files: 2, bytes: 4 }
+    );
     let a = fs::metadata(dest.join("base/1/1259")).unwrap();
     let b = fs::metadata(dest.join("base/1/1259_copy")).unwrap();
     assert_eq!(a.ino(), b.ino());
@@ -900,7 +1034,10 @@ async fn wal_e_style_root_entries_and_hard_links() {
         let err = extract(bytes_stream(archive), &dest, ExtractOptions::default())
             .await
             .unwrap_err();
-        assert!(matches!(err, ExtractError::Unsafe { .. }), "{target}: {err:?}");
+        assert!(
+            matches!(err, ExtractError::Unsafe { .. }),
+            "{target}: {err:?}"
+        );
         assert!(!dest.join("leak").exists());
     }
 }
@@ -910,9 +1047,13 @@ async fn a_truncated_or_failing_stream_fails_the_extraction() {
     let tmp = tempfile::tempdir().unwrap();
     let archive = raw_archive(&[("f", tar::EntryType::Regular, "", &[5u8; 3000])]);
     let cut = archive[..1024].to_vec();
-    let err = extract(bytes_stream(cut), &tmp.path().join("d1"), ExtractOptions::default())
-        .await
-        .unwrap_err();
+    let err = extract(
+        bytes_stream(cut),
+        &tmp.path().join("d1"),
+        ExtractOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, ExtractError::Read(_)), "{err:?}");
     // An error after the archive's end (say a bad checksum in the trailer of
     // the compressed stream) still fails it.
@@ -948,11 +1089,17 @@ async fn owners_are_restored_when_asked() {
         tablespace_links: vec![],
         restore_owner: true,
     };
-    extract(bytes_stream(archive.clone()), &dest, options).await.unwrap();
-    let md = fs::metadata(dest.join("owned")).unwrap();
-    assert_eq!((md.uid(), md.gid()), (4321, 4322));
-    extract(bytes_stream(archive), &tmp.path().join("d2"), ExtractOptions::default())
+    extract(bytes_stream(archive.clone()), &dest, options)
         .await
         .unwrap();
+    let md = fs::metadata(dest.join("owned")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4321, 4322));
+    extract(
+        bytes_stream(archive),
+        &tmp.path().join("d2"),
+        ExtractOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(fs::metadata(tmp.path().join("d2/owned")).unwrap().uid(), 0);
 }
