@@ -12,6 +12,8 @@ pub mod layout;
 pub mod logging;
 pub mod pipeline;
 pub mod storage;
+pub mod tar_extract;
+pub mod tar_partition;
 
 use std::io::{self, Write};
 
