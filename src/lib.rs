@@ -10,6 +10,7 @@ pub mod error;
 pub mod layout;
 pub mod logging;
 pub mod pipeline;
+pub mod postgres;
 pub mod storage;
 
 use std::io::{self, Write};
