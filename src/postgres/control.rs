@@ -186,7 +186,7 @@ pub fn parse_control_file(bytes: &[u8], what: &str) -> Result<ControlData, UserE
             .collect::<Vec<_>>()
             .join(", ");
         let swapped = version.swap_bytes();
-        let detail = if version % 65536 == 0 && swapped % 65536 != 0 {
+        let detail = if version & 0xFFFF == 0 && swapped & 0xFFFF != 0 {
             format!(
                 "\"{what}\" has pg_control version {version} (0x{version:08x}); the byte order of the file does not match this machine's."
             )
