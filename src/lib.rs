@@ -11,6 +11,7 @@ pub mod error;
 pub mod layout;
 pub mod logging;
 pub mod pipeline;
+pub mod postgres;
 pub mod storage;
 pub mod tar_extract;
 pub mod tar_partition;
