@@ -12,6 +12,7 @@ pub mod layout;
 pub mod logging;
 pub mod pipeline;
 pub mod postgres;
+pub mod progress;
 pub mod storage;
 pub mod tar_extract;
 pub mod tar_partition;

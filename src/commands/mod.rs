@@ -1,6 +1,8 @@
 //! One module per command; [`dispatch`] maps the parsed command line to them.
 
+pub mod backup_fetch;
 pub mod backup_list;
+pub mod backup_push;
 pub mod delete;
 pub mod wal_fetch;
 pub mod wal_push;
@@ -62,6 +64,8 @@ pub async fn dispatch(command: Command, settings: Settings, global: GlobalArgs) 
     let store = storage::open(&settings)?;
     let ctx = Context::new(settings, store, global);
     match command {
+        Command::BackupPush(args) => backup_push::run(&ctx, &args).await,
+        Command::BackupFetch(args) => backup_fetch::run(&ctx, &args).await,
         Command::WalPush(args) => wal_push::run(&ctx, &args).await,
         Command::WalFetch(args) => wal_fetch::run(&ctx, &args).await,
         Command::WalPrefetch(args) => wal_fetch::run_prefetch(&ctx, &args).await,

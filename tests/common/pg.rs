@@ -214,9 +214,31 @@ impl PgBin {
         PgBin { bindir }
     }
 
-    /// Full path of the program `name` in [`PgBin::bindir`].
+    /// Binaries of another major version installed by `scripts/install-pg.sh`.
+    pub fn major_version(major: u32) -> PgBin {
+        let out = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/install-pg.sh"
+        ))
+        .arg(major.to_string())
+        .output()
+        .expect("run scripts/install-pg.sh");
+        assert!(out.status.success(), "{}", describe("install-pg.sh", &out));
+        PgBin {
+            bindir: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        }
+    }
+
+    /// Full path of the program `name` in [`PgBin::bindir`]. Client programs
+    /// a server-only package lacks (psql, pgbench, pg_basebackup) come from
+    /// [`DEFAULT_BINDIR`]; they work with older and newer servers.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.bindir.join(name)
+        let own = self.bindir.join(name);
+        if own.exists() {
+            own
+        } else {
+            Path::new(DEFAULT_BINDIR).join(name)
+        }
     }
 
     /// A `Command` for the program `name` in [`PgBin::bindir`].
@@ -280,7 +302,11 @@ impl Cluster {
     /// `wal_level = replica`, `max_wal_senders = 2`. When root, `dir` is made
     /// `0755` and owned by `postgres`. Does not start the server.
     pub fn init(dir: &Path, name: &str) -> Cluster {
-        let bin = PgBin::new();
+        Cluster::init_with(PgBin::new(), dir, name)
+    }
+
+    /// [`Cluster::init`] with the server binaries of `bin` (another major version).
+    pub fn init_with(bin: PgBin, dir: &Path, name: &str) -> Cluster {
         fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
         if is_root() {
             make_traversable(dir);
@@ -294,7 +320,13 @@ impl Cluster {
                 .arg("-D")
                 .arg(&data_dir)
                 .args(["-U", PG_USER, "--auth=trust", "-E", "UTF8", "--locale=C"])
-                .args(["--no-sync", "--no-instructions"])
+                .arg("--no-sync")
+                // --no-instructions only exists from PostgreSQL 14 on.
+                .args(if bin.major() >= 14 {
+                    &["--no-instructions"][..]
+                } else {
+                    &[]
+                })
                 .current_dir(dir),
         );
         assert!(out.status.success(), "{}", describe("initdb", &out));
@@ -315,6 +347,11 @@ impl Cluster {
     /// private socket dir and port (appended to `postgresql.conf`, so they
     /// override the copied settings of the source cluster).
     pub fn existing(data_dir: PathBuf) -> Cluster {
+        Cluster::existing_with(PgBin::new(), data_dir)
+    }
+
+    /// [`Cluster::existing`] with the server binaries of `bin`.
+    pub fn existing_with(bin: PgBin, data_dir: PathBuf) -> Cluster {
         assert!(
             data_dir.join("PG_VERSION").is_file(),
             "{} is not a PostgreSQL data directory",
@@ -323,7 +360,7 @@ impl Cluster {
         chown_to_postgres(&data_dir);
         fs::set_permissions(&data_dir, fs::Permissions::from_mode(0o700)).unwrap();
         check_ancestors_traversable(&data_dir);
-        Cluster::configure(data_dir, PgBin::new())
+        Cluster::configure(data_dir, bin)
     }
 
     /// Common part of `init`/`existing`: socket dir, port, log file.

@@ -1,0 +1,296 @@
+//! `backup-fetch PG_CLUSTER_DIRECTORY NAME|LATEST`: restores a base backup.
+//!
+//! Partitions are downloaded, decrypted, decompressed and extracted in
+//! parallel (`--pool-size`), each retried as a whole on failure. Extraction
+//! refuses entries that would land outside the target. Unlike WAL-E, the
+//! restore always lands in PG_CLUSTER_DIRECTORY (WAL-E issue 291), and the
+//! restored `tablespace_map` is made to agree with where tablespaces were put.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::stream::{self, TryStreamExt};
+
+use super::Context;
+use crate::catalog;
+use crate::cli::BackupFetchArgs;
+use crate::error::{CmdResult, CommandError, UserError};
+use crate::layout::{BackupName, RestoreSpec, Sentinel, TablespaceLocation, VOLUME_RE};
+use crate::pipeline::{self, DecryptionKeys};
+use crate::progress::{self, Progress};
+use crate::storage::{RetryPolicy, StoreError, retry};
+use crate::tar_extract::{self, ExtractError, ExtractOptions};
+
+pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
+    let target = std::path::absolute(&args.cluster_dir)
+        .map_err(|e| UserError::new("invalid cluster directory").detail(e.to_string()))?;
+    if target.join("postmaster.pid").exists() {
+        return Err(UserError::new("attempting to overwrite a live data directory")
+            .detail(format!("{} exists.", target.join("postmaster.pid").display()))
+            .hint("Stop PostgreSQL and remove the data directory's contents (or choose another directory) before restoring.")
+            .into());
+    }
+    let backup = catalog::find_backup(ctx, &args.backup_name)
+        .await?
+        .ok_or_else(|| {
+            UserError::new("no backups found for fetching")
+                .detail(format!(
+                    "No complete backup matches {:?} in {}.",
+                    args.backup_name, ctx.settings.prefix.url
+                ))
+                .hint("backup-list shows the backups; only those with a sentinel are complete.")
+        })?
+        .name;
+    let sentinel = read_sentinel(ctx, &backup).await?;
+    let spec = restore_spec(&sentinel, args.restore_spec.as_deref(), &target)?;
+    prepare_target(&target, &spec, args)?;
+    let decrypt_with = ctx.decryption_keys().await?;
+
+    let partitions = list_partitions(ctx, &backup).await?;
+    if partitions.is_empty() {
+        return Err(UserError::new(format!("backup {backup} has no partitions")).into());
+    }
+    let options = ExtractOptions {
+        tablespace_links: if args.blind_restore {
+            Vec::new()
+        } else {
+            spec.tablespaces
+                .iter()
+                .map(|oid| format!("pg_tblspc/{oid}"))
+                .collect()
+        },
+        restore_owner: is_root(),
+    };
+    let progress: Arc<dyn Progress> =
+        progress::for_terminal("backup-fetch", ctx.global.terse).into();
+    progress.set_total(sentinel.expanded_size_bytes);
+    let policy = RetryPolicy::from_retries(ctx.settings.retries);
+    stream::iter(partitions.into_iter().map(Ok))
+        .try_for_each_concurrent(args.pool_size as usize, |(number, key)| {
+            let (options, decrypt_with, progress, target) = (
+                options.clone(),
+                decrypt_with.clone(),
+                progress.clone(),
+                target.clone(),
+            );
+            let policy = &policy;
+            async move {
+                fetch_partition(
+                    ctx,
+                    policy,
+                    number,
+                    &key,
+                    &target,
+                    options,
+                    decrypt_with,
+                    progress,
+                )
+                .await
+            }
+        })
+        .await?;
+    progress.finish();
+    reconcile_tablespace_map(&target)?;
+    tracing::info!(
+        detail = %format!("Backup {backup} was restored into {}.", target.display()),
+        hint = "Set restore_command and create recovery.signal (recovery.conf before PostgreSQL 12) before starting the server.",
+        "completed a base backup restore"
+    );
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+async fn read_sentinel(ctx: &Context, backup: &BackupName) -> Result<Sentinel, CommandError> {
+    let key = ctx.layout.sentinel_key(backup);
+    let got = ctx.store.get(&key).await.map_err(|e| {
+        UserError::new("could not read the backup's sentinel").detail(e.to_string())
+    })?;
+    let bytes = got.bytes().await.map_err(|e| {
+        UserError::new("could not read the backup's sentinel").detail(e.to_string())
+    })?;
+    Sentinel::from_json(&bytes).map_err(|e| {
+        UserError::new("the backup's sentinel is not valid JSON")
+            .detail(format!("{}: {e}", ctx.layout.url(&key)))
+            .into()
+    })
+}
+
+/// The sentinel's spec, overlaid with `--restore-spec FILE` (or used as is for
+/// `--restore-spec SOURCE`); the base prefix is always the target directory.
+fn restore_spec(
+    sentinel: &Sentinel,
+    restore_spec: Option<&str>,
+    target: &Path,
+) -> Result<RestoreSpec, UserError> {
+    let mut spec = sentinel.spec.clone();
+    if let Some(file) = restore_spec.filter(|f| *f != "SOURCE") {
+        let text = std::fs::read(file).map_err(|e| {
+            UserError::new("could not read the restore spec").detail(format!("{file}: {e}"))
+        })?;
+        let overlay: RestoreSpec = serde_json::from_slice(&text).map_err(|e| {
+            UserError::new("the restore spec is not valid JSON")
+                .detail(format!("{file}: {e}"))
+                .hint("It looks like {\"tablespaces\": [\"16400\"], \"16400\": {\"loc\": \"/new/place/\", \"link\": \"pg_tblspc/16400\"}}.")
+        })?;
+        if !overlay.tablespaces.is_empty() {
+            spec.tablespaces = overlay.tablespaces;
+        }
+        for (oid, loc) in overlay.locations {
+            spec.locations.retain(|(o, _)| *o != oid);
+            spec.locations.push((oid, loc));
+        }
+    }
+    spec.base_prefix = format!("{}/", target.display());
+    if restore_spec.is_none() {
+        // Without a spec, tablespace links are expected to be in place
+        // already (or --blind-restore): nothing is created elsewhere.
+        spec.locations.clear();
+    }
+    Ok(spec)
+}
+
+/// Creates the target (0700) and, for a restore spec, the tablespace
+/// directories and their links; otherwise checks the links exist unless
+/// `--blind-restore`.
+fn prepare_target(
+    target: &Path,
+    spec: &RestoreSpec,
+    args: &BackupFetchArgs,
+) -> Result<(), UserError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mkdir = |dir: &Path| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| {
+                UserError::new("could not create a directory for the restore")
+                    .detail(format!("{}: {e}", dir.display()))
+            })
+    };
+    mkdir(target)?;
+    if spec.tablespaces.is_empty() || args.blind_restore {
+        return Ok(());
+    }
+    mkdir(&target.join("pg_tblspc"))?;
+    for oid in &spec.tablespaces {
+        let link = target.join("pg_tblspc").join(oid);
+        if let Some(TablespaceLocation { loc, .. }) = spec.location(oid) {
+            mkdir(Path::new(loc))?;
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(loc.trim_end_matches('/'), &link).map_err(|e| {
+                    UserError::new("could not create a tablespace link")
+                        .detail(format!("{}: {e}", link.display()))
+                })?;
+            }
+        }
+        let ok = std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
+            && std::fs::metadata(&link).is_ok_and(|m| m.is_dir());
+        if !ok {
+            return Err(UserError::new("tablespace symlinks are missing")
+                .detail(format!("The backup has tablespace {oid}, but {} is not a symlink to a directory.", link.display()))
+                .hint("Create the symlinks to where the tablespaces should go, pass --restore-spec with their locations, or use --blind-restore to restore them under pg_tblspc."));
+        }
+    }
+    Ok(())
+}
+
+async fn list_partitions(
+    ctx: &Context,
+    backup: &BackupName,
+) -> Result<Vec<(u32, String)>, CommandError> {
+    let dir = ctx.layout.partitions_dir(backup);
+    let listed: Vec<_> = ctx
+        .store
+        .list(&dir, None)
+        .try_collect()
+        .await
+        .map_err(|e| {
+            UserError::new("could not list the backup's partitions").detail(e.to_string())
+        })?;
+    let mut partitions = Vec::new();
+    for meta in listed {
+        let file = meta.key.rsplit('/').next().unwrap_or_default();
+        match VOLUME_RE
+            .captures(file)
+            .and_then(|c| c[1].parse::<u32>().ok())
+        {
+            Some(n) => partitions.push((n, meta.key)),
+            None => {
+                tracing::warn!(detail = %format!("{} is not a partition name.", meta.key), "skipping an unexpected object in a backup")
+            }
+        }
+    }
+    partitions.sort();
+    Ok(partitions)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_partition(
+    ctx: &Context,
+    policy: &RetryPolicy,
+    number: u32,
+    key: &str,
+    target: &Path,
+    options: ExtractOptions,
+    decrypt_with: Option<Arc<DecryptionKeys>>,
+    progress: Arc<dyn Progress>,
+) -> CmdResult {
+    let url = ctx.layout.url(key);
+    tracing::info!(detail = %format!("Downloading and extracting partition {number} from \"{url}\"."), "begin fetching a base backup volume");
+    let attempt = || async {
+        let got = ctx.store.get(key).await?;
+        let plain = pipeline::decode(got.stream, decrypt_with.as_ref());
+        tar_extract::extract(plain, target, options.clone())
+            .await
+            .map_err(|e| {
+                // Only a download that broke off is worth another try.
+                let transient = matches!(&e, ExtractError::Read(io)
+                    if StoreError::from_io(io).is_some_and(StoreError::is_transient));
+                if transient {
+                    StoreError::transient("get", key, e)
+                } else {
+                    StoreError::permanent("get", key, e)
+                }
+            })
+    };
+    let stats = retry(policy, &format!("fetching {url}"), attempt)
+        .await
+        .map_err(|e| {
+            UserError::new("could not restore a base backup volume").detail(format!("{url}: {e}"))
+        })?;
+    progress.advance(stats.bytes);
+    Ok(())
+}
+
+/// PostgreSQL recreates tablespace links from `tablespace_map` at startup,
+/// replacing what is there (WAL-E issue 354). Point each entry at where the
+/// restore actually put the tablespace; entries restored as plain
+/// directories (--blind-restore) are dropped, leaving in-place tablespaces.
+fn reconcile_tablespace_map(target: &Path) -> Result<(), UserError> {
+    let map = target.join("tablespace_map");
+    let Ok(text) = std::fs::read_to_string(&map) else {
+        return Ok(());
+    };
+    let mut lines = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let oid = line.split(' ').next().unwrap_or_default();
+        let link = target.join("pg_tblspc").join(oid);
+        if let Ok(dest) = std::fs::read_link(&link) {
+            lines.push(format!("{oid} {}", dest.display()));
+        }
+    }
+    let result = if lines.is_empty() {
+        std::fs::remove_file(&map)
+    } else {
+        std::fs::write(&map, lines.join("\n") + "\n")
+            .and_then(|()| std::fs::File::open(&map)?.sync_all())
+    };
+    result.map_err(|e| {
+        UserError::new("could not update tablespace_map").detail(format!("{}: {e}", map.display()))
+    })
+}

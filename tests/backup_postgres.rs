@@ -1,0 +1,321 @@
+//! backup-push and backup-fetch end to end: a real cluster with a user
+//! tablespace archives through wal-push, is backed up while pgbench runs,
+//! restored with backup-fetch LATEST and recovered to a point in time with
+//! wal-fetch; on PostgreSQL 15 (Debian's) and two other majors (npm's
+//! prebuilt servers via scripts/install-pg.sh).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::cli::wal_e_bin;
+use common::pg::{Cluster, PgBin, chown_to_postgres, make_traversable};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+struct Setup {
+    tmp: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        make_traversable(tmp.path());
+        for dir in ["store", "tblspc", "tblspc-restored"] {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+            chown_to_postgres(&tmp.path().join(dir));
+        }
+        Setup { tmp }
+    }
+
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn prefix(&self) -> String {
+        format!("file://localhost{}", self.path().join("store").display())
+    }
+
+    fn wal_e_env(&self) -> String {
+        format!(
+            "env WALE_FILE_PREFIX={} WALE_LOG_DESTINATION=stderr {}",
+            self.prefix(),
+            wal_e_bin().display()
+        )
+    }
+
+    /// Runs wal-e as root (the test's user) against the cluster's socket.
+    fn wal_e(&self, cluster: &Cluster, args: &[&str]) -> Output {
+        Command::new(wal_e_bin())
+            .args(args)
+            .env("WALE_FILE_PREFIX", self.prefix())
+            .env("WALE_LOG_DESTINATION", "stderr")
+            .envs(cluster.env())
+            .output()
+            .unwrap()
+    }
+
+    fn sentinels(&self) -> Vec<String> {
+        let dir = self.path().join("store/basebackups_005");
+        std::fs::read_dir(&dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .filter(|n| n.ends_with("_backup_stop_sentinel.json"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn primary(setup: &Setup, bin: PgBin) -> Cluster {
+    let pg = Cluster::init_with(bin, setup.path(), "primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} wal-push %p'\n\
+         checkpoint_timeout = 30s\ncheckpoint_completion_target = 0.1\n",
+        setup.wal_e_env()
+    ));
+    pg.start();
+    pg
+}
+
+fn pitr_end_to_end(bin: PgBin) {
+    let setup = Setup::new();
+    let major = bin.major();
+    let pg = primary(&setup, bin.clone());
+    let tblspc = setup.path().join("tblspc");
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        tblspc.display()
+    ));
+    pg.psql("CREATE TABLE in_tblspc (id int PRIMARY KEY, v text) TABLESPACE extra");
+    pg.psql("INSERT INTO in_tblspc SELECT g, md5(g::text) FROM generate_series(1, 5000) g");
+    pg.psql("CREATE TABLE marker (id serial PRIMARY KEY, note text)");
+    pg.psql("INSERT INTO marker (note) VALUES ('before backup')");
+    pg.pgbench_init(2);
+    pg.psql("CHECKPOINT");
+
+    // backup-push while pgbench writes.
+    let load = {
+        let env = pg.env();
+        std::thread::spawn(move || {
+            Command::new(PgBin::new().path("pgbench"))
+                .args(["-c", "2", "-t", "300", "-n"])
+                .envs(env)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "backup-push on PG{major}: {}",
+        stderr(&out)
+    );
+    assert!(load.join().unwrap().status.success());
+    assert_eq!(setup.sentinels().len(), 1);
+
+    pg.psql("INSERT INTO marker (note) VALUES ('after backup, before target')");
+    let target = pg.psql("SELECT clock_timestamp()");
+    pg.psql("INSERT INTO marker (note) VALUES ('after target')");
+    let expected_accounts = pg.psql("SELECT count(*), sum(abalance) FROM pgbench_accounts");
+    let last = pg.switch_wal();
+    pg.wait_for_archived(&last, TIMEOUT);
+    pg.stop();
+
+    // Restore elsewhere; the tablespace goes to a new place via --restore-spec.
+    let restored_dir = setup.path().join("restored");
+    let spec_path = setup.path().join("restore-spec.json");
+    let oid_dirs: Vec<String> = std::fs::read_dir(pg.data_dir.join("pg_tblspc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(oid_dirs.len(), 1);
+    let oid = &oid_dirs[0];
+    let new_loc = setup.path().join("tblspc-restored");
+    std::fs::write(
+        &spec_path,
+        format!(
+            r#"{{"tablespaces": ["{oid}"], "{oid}": {{"loc": "{}/", "link": "pg_tblspc/{oid}"}}}}"#,
+            new_loc.display()
+        ),
+    )
+    .unwrap();
+    let out = setup.wal_e(
+        &pg,
+        &[
+            "backup-fetch",
+            "--restore-spec",
+            spec_path.to_str().unwrap(),
+            restored_dir.to_str().unwrap(),
+            "LATEST",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "backup-fetch on PG{major}: {}",
+        stderr(&out)
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&restored_dir).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "restored data is private");
+    assert_eq!(
+        std::fs::read_link(restored_dir.join("pg_tblspc").join(oid)).unwrap(),
+        new_loc
+    );
+    assert!(
+        restored_dir.join("backup_label").is_file(),
+        "backup_label comes from pg_backup_stop"
+    );
+    assert!(!restored_dir.join("postmaster.pid").exists());
+    chown_to_postgres(&new_loc);
+    // As with WAL-E, configuration files are not part of the backup.
+    for conf in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+        assert!(
+            !restored_dir.join(conf).exists(),
+            "{conf} is excluded from backups"
+        );
+        std::fs::copy(pg.data_dir.join(conf), restored_dir.join(conf)).unwrap();
+    }
+
+    let restored = Cluster::existing_with(bin, restored_dir);
+    restored.append_conf(&format!(
+        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n\
+         recovery_target_time = '{target}'\nrecovery_target_action = 'promote'\n",
+        setup.wal_e_env()
+    ));
+    restored.touch("recovery.signal");
+    restored.start();
+    restored.wait_for_recovery_end(TIMEOUT);
+
+    let notes = restored.psql("SELECT string_agg(note, ',' ORDER BY id) FROM marker");
+    assert_eq!(
+        notes, "before backup,after backup, before target",
+        "PG{major}"
+    );
+    // pgbench ran during the backup and ended before the target: every one
+    // of its transactions is there.
+    assert_eq!(
+        restored.psql("SELECT count(*), sum(abalance) FROM pgbench_accounts"),
+        expected_accounts
+    );
+    assert_eq!(restored.psql("SELECT count(*) FROM in_tblspc"), "5000");
+    assert_eq!(
+        restored
+            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"),
+        new_loc.display().to_string()
+    );
+    restored.psql("CREATE EXTENSION IF NOT EXISTS amcheck");
+    let checked = restored.psql(
+        "SELECT count(bt_index_check(c.oid)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_am a ON a.oid = c.relam WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisvalid",
+    );
+    assert!(
+        checked.parse::<u32>().unwrap() > 10,
+        "amcheck ran over {checked} indexes"
+    );
+}
+
+#[test]
+fn pitr_with_a_tablespace_on_postgresql_15() {
+    pitr_end_to_end(PgBin::new());
+}
+
+#[test]
+fn pitr_with_a_tablespace_on_postgresql_13() {
+    pitr_end_to_end(PgBin::major_version(13));
+}
+
+#[test]
+fn pitr_with_a_tablespace_on_postgresql_17() {
+    pitr_end_to_end(PgBin::major_version(17));
+}
+
+#[test]
+fn backup_fetch_refuses_a_running_cluster() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.psql("CHECKPOINT");
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let before: Vec<PathBuf> = std::fs::read_dir(&pg.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let out = setup.wal_e(
+        &pg,
+        &["backup-fetch", pg.data_dir.to_str().unwrap(), "LATEST"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("postmaster.pid"), "{}", stderr(&out));
+    let after: Vec<PathBuf> = std::fs::read_dir(&pg.data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        before, after,
+        "nothing was written into the live data directory"
+    );
+}
+
+#[test]
+fn a_failed_upload_leaves_no_sentinel_and_no_backup_in_progress() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.psql("CHECKPOINT");
+    // basebackups_005 is a file: every partition upload fails.
+    std::fs::write(setup.path().join("store/basebackups_005"), b"in the way").unwrap();
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(setup.sentinels().is_empty());
+    // The backup's session is gone, so PostgreSQL aborted the backup: a new
+    // one can start and finish at once.
+    std::fs::remove_file(setup.path().join("store/basebackups_005")).unwrap();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wal-e'"),
+        "0"
+    );
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(setup.sentinels().len(), 1);
+}
+
+#[test]
+fn a_killed_session_fails_the_backup_fast() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.pgbench_init(2);
+    pg.psql("CHECKPOINT");
+    // A slow backup (100 kB/s), so there is time to kill its session.
+    let child = Command::new(wal_e_bin())
+        .args([
+            "backup-push",
+            "--cluster-read-rate-limit",
+            "100000",
+            pg.data_dir.to_str().unwrap(),
+        ])
+        .env("WALE_FILE_PREFIX", setup.prefix())
+        .env("WALE_LOG_DESTINATION", "stderr")
+        .envs(pg.env())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    pg.wait_until("the backup's session to appear", TIMEOUT, || {
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wal-e'") == "1"
+    });
+    pg.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'wal-e'",
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("session"), "{}", stderr(&out));
+    assert!(setup.sentinels().is_empty());
+}
