@@ -319,3 +319,130 @@ fn a_killed_session_fails_the_backup_fast() {
     assert!(stderr(&out).contains("session"), "{}", stderr(&out));
     assert!(setup.sentinels().is_empty());
 }
+
+/// Copies the configuration files a backup leaves out (as WAL-E did).
+fn copy_config(from: &Path, to: &Path) {
+    for conf in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+        std::fs::copy(from.join(conf), to.join(conf)).unwrap();
+    }
+}
+
+#[test]
+fn while_offline_backs_up_a_stopped_cluster_named_after_its_checkpoint() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.pgbench_init(1);
+    pg.psql("CREATE TABLE kept AS SELECT g AS id FROM generate_series(1, 1234) g");
+    pg.stop();
+    let controldata = Command::new(PgBin::new().path("pg_controldata"))
+        .arg(&pg.data_dir)
+        .output()
+        .unwrap();
+    let controldata = String::from_utf8_lossy(&controldata.stdout).into_owned();
+    let redo_file = controldata
+        .lines()
+        .find_map(|l| l.strip_prefix("Latest checkpoint's REDO WAL file:"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let out = setup.wal_e(
+        &pg,
+        &[
+            "backup-push",
+            "--while-offline",
+            pg.data_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sentinels = setup.sentinels();
+    assert_eq!(sentinels.len(), 1);
+    assert!(
+        sentinels[0].starts_with(&format!("base_{redo_file}_")),
+        "{} is named after the checkpoint's REDO segment {redo_file}",
+        sentinels[0]
+    );
+
+    let restored_dir = setup.path().join("restored");
+    let out = setup.wal_e(
+        &pg,
+        &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    copy_config(&pg.data_dir, &restored_dir);
+    let restored = Cluster::existing(restored_dir);
+    restored.append_conf("archive_mode = off\n");
+    restored.start();
+    assert_eq!(restored.psql("SELECT count(*) FROM kept"), "1234");
+    assert_eq!(
+        restored.psql("SELECT count(*) FROM pgbench_accounts"),
+        "100000"
+    );
+
+    // A running cluster is refused.
+    pg.start();
+    let out = setup.wal_e(
+        &pg,
+        &[
+            "backup-push",
+            "--while-offline",
+            pg.data_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+#[test]
+fn after_retain_1_the_remaining_backup_restores_and_recovers() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.pgbench_init(1);
+    pg.psql("CREATE TABLE marker (note text)");
+    pg.psql("CHECKPOINT");
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    pg.psql("INSERT INTO marker VALUES ('between the backups')");
+    pg.switch_wal();
+    pg.psql("CHECKPOINT");
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut names = setup.sentinels();
+    names.sort();
+    assert_eq!(names.len(), 2);
+    pg.psql("INSERT INTO marker VALUES ('after the second backup')");
+    let last = pg.switch_wal();
+    pg.wait_for_archived(&last, TIMEOUT);
+    pg.stop();
+
+    let out = setup.wal_e(&pg, &["delete", "--confirm", "retain", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        setup.sentinels(),
+        vec![names[1].clone()],
+        "the newer backup is kept"
+    );
+    let wal_left = std::fs::read_dir(setup.path().join("store/wal_005"))
+        .unwrap()
+        .count();
+    assert!(wal_left > 0);
+
+    let restored_dir = setup.path().join("restored");
+    let out = setup.wal_e(
+        &pg,
+        &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    copy_config(&pg.data_dir, &restored_dir);
+    let restored = Cluster::existing(restored_dir);
+    restored.append_conf(&format!(
+        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
+        setup.wal_e_env()
+    ));
+    restored.touch("recovery.signal");
+    restored.start();
+    restored.wait_for_recovery_end(TIMEOUT);
+    assert_eq!(
+        restored.psql("SELECT string_agg(note, ',' ORDER BY note) FROM marker"),
+        "after the second backup,between the backups"
+    );
+}
