@@ -91,8 +91,9 @@ pub fn is_valid_segment_size(size: u64) -> bool {
 ///
 /// Correct for every segment size and timeline, unlike WAL-E's offline
 /// naming (spec §3.2). For an LSN exactly on a segment boundary this names
-/// the segment that starts there (offset 0), whereas PostgreSQL's
-/// `pg_walfile_name_offset` names the previous one, still with offset 0.
+/// the segment that starts there (offset 0), as `pg_walfile_name_offset`
+/// does from PostgreSQL 17 on; before 17 that function names the previous
+/// segment, still with offset 0.
 ///
 /// # Panics
 /// If `segment_size` is not a valid WAL segment size
