@@ -512,10 +512,9 @@ async fn backup_functions_need_superuser_or_a_grant() {
     assert!(detail.contains("permission denied"), "{err}");
     assert!(detail.contains("42501"), "{err}");
     assert!(
-        err.hint
-            .clone()
-            .unwrap()
-            .contains(&format!("GRANT EXECUTE ON FUNCTION {start_fn}")),
+        err.hint.clone().unwrap().contains(&format!(
+            "GRANT EXECUTE ON FUNCTION {start_fn}, {stop_fn} TO"
+        )),
         "{err}"
     );
 
