@@ -91,8 +91,9 @@ pub fn is_valid_segment_size(size: u64) -> bool {
 ///
 /// Correct for every segment size and timeline, unlike WAL-E's offline
 /// naming (spec §3.2). For an LSN exactly on a segment boundary this names
-/// the segment that starts there (offset 0), whereas PostgreSQL's
-/// `pg_walfile_name_offset` names the previous one, still with offset 0.
+/// the segment that starts there (offset 0), as `pg_walfile_name_offset`
+/// does from PostgreSQL 17 on; before 17 that function names the previous
+/// segment, still with offset 0.
 ///
 /// # Panics
 /// If `segment_size` is not a valid WAL segment size
@@ -588,14 +589,54 @@ fn is_connection_loss(e: &tokio_postgres::Error) -> bool {
     e.is_closed() || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
 }
 
+/// The backup functions of a server version: SQL to start and stop, and the
+/// signatures to GRANT EXECUTE on.
+struct BackupFunctions {
+    start_sql: &'static str,
+    stop_sql: &'static str,
+    start_signature: &'static str,
+    stop_signature: &'static str,
+    /// Whether the stop function can wait for WAL archiving (10+).
+    stop_waits_for_archive: bool,
+}
+
+fn backup_functions(server_version_num: u32) -> BackupFunctions {
+    if server_version_num >= 150000 {
+        BackupFunctions {
+            start_sql: "SELECT pg_backup_start($1, $2)::text",
+            stop_sql: "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
+            start_signature: "pg_backup_start(text, boolean)",
+            stop_signature: "pg_backup_stop(boolean)",
+            stop_waits_for_archive: true,
+        }
+    } else if server_version_num >= 100000 {
+        BackupFunctions {
+            start_sql: "SELECT pg_start_backup($1, $2, false)::text",
+            stop_sql: "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)",
+            start_signature: "pg_start_backup(text, boolean, boolean)",
+            stop_signature: "pg_stop_backup(boolean, boolean)",
+            stop_waits_for_archive: true,
+        }
+    } else {
+        BackupFunctions {
+            start_sql: "SELECT pg_start_backup($1, $2, false)::text",
+            stop_sql: "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false)",
+            start_signature: "pg_start_backup(text, boolean, boolean)",
+            stop_signature: "pg_stop_backup(boolean)",
+            stop_waits_for_archive: false,
+        }
+    }
+}
+
 /// A failed backup function call as a [`UserError`]: `msg`, the server's
 /// error as DETAIL, and a HINT that fits the failure.
-fn backup_error(msg: &str, e: &tokio_postgres::Error, function: &str) -> UserError {
+fn backup_error(msg: &str, e: &tokio_postgres::Error, functions: &BackupFunctions) -> UserError {
     let mut err = UserError::new(msg).detail(pg_error_text(e));
     if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
         err = err.hint(format!(
             "Connect as a superuser, or let this role run the backup functions: \
-             GRANT EXECUTE ON FUNCTION {function} TO <role>; (and the matching stop function)."
+             GRANT EXECUTE ON FUNCTION {}, {} TO <role>;",
+            functions.start_signature, functions.stop_signature
         ));
     } else if let Some(hint) = e.as_db_error().and_then(DbError::hint) {
         err = err.hint(hint.to_string());
@@ -780,19 +821,32 @@ impl Session {
         }
     }
 
-    /// `pg_walfile_name_offset(lsn)` (`pg_xlogfile_name_offset` before 10).
-    async fn name_offset(&self, lsn: Lsn) -> Result<(SegmentName, u64), tokio_postgres::Error> {
+    /// `pg_walfile_name_offset(lsn)` (`pg_xlogfile_name_offset` before 10);
+    /// errors become `msg`.
+    async fn name_offset(
+        &self,
+        lsn: Lsn,
+        msg: &str,
+        functions: &BackupFunctions,
+    ) -> Result<(SegmentName, u64), UserError> {
         let sql = format!(
             "SELECT file_name, file_offset FROM pg_{}file_name_offset($1::text::pg_lsn)",
             self.xlog_or_wal()
         );
-        let row = self.client.query_one(&sql, &[&lsn.to_string()]).await?;
+        let row = self
+            .client
+            .query_one(&sql, &[&lsn.to_string()])
+            .await
+            .map_err(|e| backup_error(msg, &e, functions))?;
         let name: String = row.get(0);
         let offset: i32 = row.get(1);
-        let segment = SegmentName::parse(&name).unwrap_or_else(|| {
-            panic!("pg_walfile_name_offset returned an invalid segment name {name:?}")
-        });
-        Ok((segment, u64::try_from(offset).unwrap_or(0)))
+        match (SegmentName::parse(&name), u64::try_from(offset)) {
+            (Some(segment), Ok(offset)) => Ok((segment, offset)),
+            _ => Err(UserError::new(msg).detail(format!(
+                "pg_{}file_name_offset('{lsn}') returned the file name {name:?} and offset {offset}.",
+                self.xlog_or_wal()
+            ))),
+        }
     }
 
     fn check_version(&self) -> Result<(), UserError> {
@@ -811,27 +865,16 @@ impl Session {
     /// `pg_start_backup(label, fast, false)` on 9.6 to 14. `fast` asks for an
     /// immediate checkpoint (WAL-E used a spread one: `fast = false`).
     pub async fn start_backup(&self, label: &str, fast: bool) -> Result<BackupStart, UserError> {
+        const MSG: &str = "could not start a base backup";
         self.check_version()?;
-        let (sql, function) = if self.server_version_num >= 150000 {
-            (
-                "SELECT pg_backup_start($1, $2)::text",
-                "pg_backup_start(text, boolean)",
-            )
-        } else {
-            (
-                "SELECT pg_start_backup($1, $2, false)::text",
-                "pg_start_backup(text, boolean, boolean)",
-            )
-        };
-        let fail =
-            |e: tokio_postgres::Error| backup_error("could not start a base backup", &e, function);
+        let functions = backup_functions(self.server_version_num);
         let row = self
             .client
-            .query_one(sql, &[&label, &fast])
+            .query_one(functions.start_sql, &[&label, &fast])
             .await
-            .map_err(fail)?;
-        let lsn = parse_server_lsn(row.get(0))?;
-        let (segment, offset) = self.name_offset(lsn).await.map_err(fail)?;
+            .map_err(|e| backup_error(MSG, &e, &functions))?;
+        let lsn = parse_server_lsn(row.get(0), MSG)?;
+        let (segment, offset) = self.name_offset(lsn, MSG, &functions).await?;
         Ok(BackupStart {
             lsn,
             segment,
@@ -845,36 +888,25 @@ impl Session {
     /// `pg_stop_backup(false)` cannot wait for archiving (a warning is
     /// logged).
     pub async fn stop_backup(&self) -> Result<BackupStop, UserError> {
+        const MSG: &str = "could not stop the base backup";
         self.check_version()?;
-        let v = self.server_version_num;
-        let (sql, function) = if v >= 150000 {
-            (
-                "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
-                "pg_backup_stop(boolean)",
-            )
-        } else if v >= 100000 {
-            (
-                "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)",
-                "pg_stop_backup(boolean, boolean)",
-            )
-        } else {
+        let functions = backup_functions(self.server_version_num);
+        if !functions.stop_waits_for_archive {
             tracing::warn!(
                 detail = "pg_stop_backup(false) on PostgreSQL 9.6 does not wait for the WAL the backup needs to be archived.",
                 "the backup is complete only once its last WAL segment is archived"
             );
-            (
-                "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false)",
-                "pg_stop_backup(boolean)",
-            )
-        };
-        let fail =
-            |e: tokio_postgres::Error| backup_error("could not stop the base backup", &e, function);
-        let row = self.client.query_one(sql, &[]).await.map_err(fail)?;
-        let lsn = parse_server_lsn(row.get(0))?;
+        }
+        let row = self
+            .client
+            .query_one(functions.stop_sql, &[])
+            .await
+            .map_err(|e| backup_error(MSG, &e, &functions))?;
+        let lsn = parse_server_lsn(row.get(0), MSG)?;
         let backup_label: String = row.get(1);
         let tablespace_map: Option<String> =
             row.get::<_, Option<String>>(2).filter(|s| !s.is_empty());
-        let (segment, offset) = self.name_offset(lsn).await.map_err(fail)?;
+        let (segment, offset) = self.name_offset(lsn, MSG, &functions).await?;
         Ok(BackupStop {
             lsn,
             segment,
@@ -908,11 +940,10 @@ impl Session {
     }
 }
 
-fn parse_server_lsn(text: Option<String>) -> Result<Lsn, UserError> {
+fn parse_server_lsn(text: Option<String>, msg: &str) -> Result<Lsn, UserError> {
     let text = text.unwrap_or_default();
-    text.parse().map_err(|e: ParseLsnError| {
-        UserError::new("unexpected answer from PostgreSQL").detail(e.to_string())
-    })
+    text.parse()
+        .map_err(|e: ParseLsnError| UserError::new(msg).detail(e.to_string()))
 }
 
 fn connect_error(params: &ConnectParams, e: &tokio_postgres::Error) -> UserError {

@@ -6,18 +6,20 @@
 //! of the struct up to its `crc` field is stored in that field. The offsets
 //! below are those of `src/include/catalog/pg_control.h` on the REL_10 ..
 //! REL_18 branches for 64-bit platforms (8-byte alignment of `uint64`,
-//! `double` and `pg_time_t`), which is every platform PostgreSQL builds
-//! packages for. Each layout was checked against real clusters of that
-//! major version (the CRC only verifies when the struct size is right).
+//! `double` and `pg_time_t`); i386, where those are 4-byte aligned, lays
+//! the struct out differently and is not supported. Each layout was checked against real clusters of
+//! PostgreSQL 10, 11, 12, 13, 15, 17 and 18 (`pg_control_system()`,
+//! `pg_control_checkpoint()`, `pg_control_init()` and, for 15,
+//! `pg_controldata`); the CRC only verifies when the struct size is right.
 //!
 //! | pg_control_version | PostgreSQL | what moved |
 //! | --- | --- | --- |
-//! | 1002 | 10 | `prevCheckPoint` still present |
+//! | 1002 | 10 | `prevCheckPoint` still present: `checkPointCopy` at 48 |
 //! | 1100 | 11 | `prevCheckPoint` removed; `CheckPoint.nextXidEpoch` + `nextXid` |
 //! | 1201 | 12 | `CheckPoint.nextFullXid` (64-bit, one more pad); `max_wal_senders` added |
-//! | 1300 | 13–16 | `float4ByVal` removed |
-//! | 1700 | 17 | `CheckPoint.wal_level` (fills existing padding: same offsets) |
-//! | 1800 | 18 | `default_char_signedness` added: `crc` moves to 292 |
+//! | 1300 | 13–16 | `float4ByVal` removed (same offsets as 1201) |
+//! | 1700 | 17 | same offsets for the fields read here |
+//! | 1800 | 18 | `CheckPoint.wal_level` fills padding; `default_char_signedness` added: `crc` at 292 |
 
 use std::fmt;
 use std::path::Path;
