@@ -486,8 +486,44 @@ pub fn final_partition(
     if let Some(map) = tablespace_map.filter(|m| !m.is_empty()) {
         members.push(in_memory("tablespace_map", map));
     }
+    members.push(control_member(&root)?);
+    Ok(Partition { number, members })
+}
+
+/// The final partition of a backup of a stopped cluster (`--while-offline`):
+/// the WAL segments its last checkpoint needs, from `pg_wal` (`pg_xlog`
+/// before PostgreSQL 10), then `global/pg_control`. Without those segments
+/// the restore could not start: a clean shutdown leaves the segment holding
+/// its checkpoint unarchived.
+pub fn offline_final_partition(
+    cluster_dir: &Path,
+    number: u32,
+    wal_segments: &[String],
+) -> Result<Partition, TarError> {
+    let root = std::path::absolute(cluster_dir).map_err(|e| walk_err(cluster_dir, e))?;
+    let wal_dir = ["pg_wal", "pg_xlog"]
+        .into_iter()
+        .find(|d| root.join(d).is_dir())
+        .unwrap_or("pg_wal");
+    let mut members = Vec::with_capacity(wal_segments.len() + 1);
+    for segment in wal_segments {
+        let path = root.join(wal_dir).join(segment);
+        let md = fs::metadata(&path).map_err(|e| walk_err(&path, e))?;
+        let size = md.len();
+        members.push(member_from(
+            format!("{wal_dir}/{segment}"),
+            path,
+            &md,
+            MemberKind::File { size },
+        ));
+    }
+    members.push(control_member(&root)?);
+    Ok(Partition { number, members })
+}
+
+/// `global/pg_control`, which must exist: its absence fails the backup.
+fn control_member(root: &Path) -> Result<Member, TarError> {
     let control = root.join("global").join("pg_control");
-    // pg_control is essential: its absence fails the backup, not a skip.
     let md = fs::metadata(&control).map_err(|e| walk_err(&control, e))?;
     if !md.is_file() {
         return Err(walk_err(
@@ -496,13 +532,12 @@ pub fn final_partition(
         ));
     }
     let size = md.len();
-    members.push(member_from(
+    Ok(member_from(
         "global/pg_control".to_string(),
         control,
         &md,
         MemberKind::File { size },
-    ));
-    Ok(Partition { number, members })
+    ))
 }
 
 /// Size of the chunks the stream yields and of the file read buffer.

@@ -129,7 +129,27 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
     let plan = plan(cluster_dir).await?;
     let uploader = Uploader::new(ctx, &name, args, encrypt_to, &plan);
     uploader.upload_all(plan.partitions.clone()).await?;
-    let last = final_partition(cluster_dir, plan.partitions.len() as u32, "", None).await?;
+    // The WAL from the checkpoint's REDO point to the checkpoint record.
+    let size = control.wal_segment_size;
+    let mut wal_segments = Vec::new();
+    let mut lsn = control.checkpoint_redo.0 - control.checkpoint_redo.0 % size;
+    while lsn <= control.checkpoint.0 {
+        wal_segments.push(
+            postgres::segment_of(postgres::Lsn(lsn), control.timeline, size)
+                .0
+                .to_string(),
+        );
+        lsn += size;
+    }
+    let last = tar_partition::offline_final_partition(
+        cluster_dir,
+        plan.partitions.len() as u32,
+        &wal_segments,
+    )
+    .map_err(|e| {
+        UserError::new("could not read the stopped cluster's WAL or pg_control")
+            .detail(e.to_string())
+    })?;
     let last_bytes = last.data_bytes();
     uploader.upload_all(vec![last]).await?;
     uploader.progress.finish();
