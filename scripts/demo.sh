@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
 # `just demo`: the main job end to end on the embedded default, a file://
 # store. A scratch PostgreSQL cluster archives its WAL with `wal-e wal-push`,
-# takes a base backup, keeps writing, and is then restored into a new data
+# is backed up with `wal-e backup-push` while pgbench writes, keeps writing,
+# and is then restored with `wal-e backup-fetch LATEST` into a new data
 # directory and recovered to a point in time with `wal-e wal-fetch`.
-#
-# Until wal-e's own backup-push/backup-fetch land, the base backup is taken
-# with pg_basebackup; everything that goes through the archive is wal-e's.
 set -euo pipefail
 
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
@@ -35,6 +33,8 @@ trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
 
 wal_e="env WALE_FILE_PREFIX=file://localhost$store WALE_LOG_DESTINATION=stderr $bin"
+export WALE_FILE_PREFIX=file://localhost$store WALE_LOG_DESTINATION=stderr
+export PGHOST=$sock PGPORT=5491 PGUSER=postgres
 
 step "scratch PostgreSQL cluster archiving to file://localhost$store"
 as_pg "$PG_BINDIR/initdb" -D "$primary" -U postgres --auth=trust --no-instructions >/dev/null
@@ -52,8 +52,13 @@ step "pgbench load"
 "$PG_BINDIR/pgbench" -h "$sock" -p 5491 -U postgres -i -s 5 -q postgres 2>&1 | tail -1
 "$PG_BINDIR/pgbench" -h "$sock" -p 5491 -U postgres -c 2 -t 500 postgres | grep -E "^(tps|number of transactions actually)"
 
-step "base backup"
-as_pg "$PG_BINDIR/pg_basebackup" -h "$sock" -p 5491 -U postgres -D "$restored" -X none -c fast
+step "wal-e backup-push while pgbench runs"
+"$PG_BINDIR/pgbench" -h "$sock" -p 5491 -U postgres -c 2 -t 1000 postgres >/dev/null &
+load=$!
+psql_at 5491 "CHECKPOINT"
+"$bin" --terse backup-push "$primary"
+wait "$load"
+"$bin" --terse backup-list
 
 step "more writes, and a recovery target between two of them"
 psql_at 5491 "CREATE TABLE demo_marker (note text, at timestamptz DEFAULT clock_timestamp())"
@@ -72,7 +77,11 @@ echo "target time: $target; archived up to $archived"
 as_pg "$PG_BINDIR/pg_ctl" -D "$primary" -m fast -w stop >/dev/null
 echo "store holds $(find "$store" -type f | wc -l) objects, $(du -sh "$store" | cut -f1)"
 
-step "restore and point-in-time recovery with wal-e wal-fetch"
+step "wal-e backup-fetch LATEST, then point-in-time recovery with wal-e wal-fetch"
+"$bin" --terse backup-fetch "$restored" LATEST
+# Configuration files are not part of a backup, as with WAL-E.
+cp "$primary"/{postgresql.conf,pg_hba.conf,pg_ident.conf} "$restored"/
+[[ $(id -u) == 0 ]] && chown -R postgres: "$restored"
 cat >> "$restored/postgresql.conf" <<CONF
 port = 5492
 archive_mode = off
@@ -99,4 +108,4 @@ echo "WAL files restored by wal-e wal-fetch: $fetched"
 (( fetched > 0 )) || { echo "demo: FAILED: nothing came through wal-fetch" >&2; exit 1; }
 echo "(the balance at the end of the archive was $balance; recovery stopped before that, as asked)"
 echo
-echo "demo: OK: archived with wal-push, recovered to $target with wal-fetch"
+echo "demo: OK: archived with wal-push, backed up with backup-push, restored with backup-fetch, recovered to $target with wal-fetch"

@@ -710,16 +710,26 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Server messages at their own level: a WARNING (such as "still waiting
+/// for all required WAL segments to be archived") is a warning, a NOTICE is
+/// information, so `--terse` keeps quiet about the normal ones.
 fn log_notice(notice: &DbError) {
     let detail = notice.detail().map(str::to_string);
     let hint = notice.hint().map(str::to_string);
-    tracing::warn!(
-        detail = detail.as_deref(),
-        hint = hint.as_deref(),
-        "PostgreSQL says: {}: {}",
-        notice.severity(),
-        notice.message()
-    );
+    let (severity, message) = (notice.severity(), notice.message());
+    if matches!(severity, "WARNING" | "ERROR" | "FATAL" | "PANIC") {
+        tracing::warn!(
+            detail = detail.as_deref(),
+            hint = hint.as_deref(),
+            "PostgreSQL says: {severity}: {message}"
+        );
+    } else {
+        tracing::info!(
+            detail = detail.as_deref(),
+            hint = hint.as_deref(),
+            "PostgreSQL says: {severity}: {message}"
+        );
+    }
 }
 
 impl Session {
