@@ -288,19 +288,31 @@ fn no_subcommand_exits_127_when_a_prefix_is_configured() {
 }
 
 #[test]
-fn commands_not_yet_implemented_say_so_and_fail() {
+fn backup_push_without_a_reachable_server_fails_clearly() {
     let store = tempfile::tempdir().unwrap();
     let prefix = format!("file://localhost{}/db", store.path().display());
     let out = wal_e(
         &["backup-push", "/nonexistent"],
-        &[("WALE_FILE_PREFIX", &prefix)],
+        &[
+            ("WALE_FILE_PREFIX", &prefix),
+            ("PGHOST", "/nonexistent-socket-dir"),
+            ("PGPASSWORD", "sekrit-password"),
+        ],
         store.path(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("MSG: backup-push is not available"),
+        stderr.contains("MSG: could not connect to PostgreSQL"),
         "{stderr}"
+    );
+    assert!(
+        stderr.contains("/nonexistent-socket-dir"),
+        "names what it tried: {stderr}"
+    );
+    assert!(
+        !stderr.contains("sekrit-password"),
+        "never logs the password: {stderr}"
     );
     assert!(
         stderr.contains("wal_e.main   INFO     MSG: starting WAL-E"),
@@ -315,7 +327,10 @@ fn terse_hides_info_lines() {
     let prefix = format!("file://localhost{}/db", store.path().display());
     let out = wal_e(
         &["--terse", "backup-push", "/x"],
-        &[("WALE_FILE_PREFIX", &prefix)],
+        &[
+            ("WALE_FILE_PREFIX", &prefix),
+            ("PGHOST", "/nonexistent-socket-dir"),
+        ],
         store.path(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

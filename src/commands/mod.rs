@@ -71,18 +71,9 @@ pub async fn dispatch(command: Command, settings: Settings, global: GlobalArgs) 
         Command::WalPrefetch(args) => wal_fetch::run_prefetch(&ctx, &args).await,
         Command::BackupList(args) => backup_list::run(&ctx, &args).await,
         Command::Delete(args) => delete::run(&ctx, &args).await,
-        other => Err(not_available(&other.log_name()).into()),
+        // Printed by `run` before any configuration is read.
+        Command::Version => Ok(()),
     }
-}
-
-/// Commands whose implementation has not landed yet parse their arguments and
-/// then say so, instead of silently doing nothing.
-fn not_available(name: &str) -> UserError {
-    UserError::new(format!(
-        "{name} is not available in this version of wal-e yet"
-    ))
-    .detail("The command line was accepted, but this command has not been implemented.")
-    .hint("See README.rst for the commands this version supports.")
 }
 
 /// WAL-E's `format_kib_per_second`: `'{0:02g}'` of KiB/s, six significant digits.
