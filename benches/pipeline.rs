@@ -4,7 +4,8 @@
 //! medians of several runs and are read as ratios.
 //!
 //! The input is a real 16 MiB WAL segment from a scratch PostgreSQL cluster
-//! (pgbench), or the file named by WAL_E_BENCH_SEGMENT.
+//! (pgbench), or the file named by WAL_E_BENCH_SEGMENT; base backups use
+//! pgbench clusters of scale 10 and WAL_E_BENCH_SCALE (default 70, ~1.1 GB).
 
 #[path = "../tests/common/pg.rs"]
 mod pg;
@@ -262,4 +263,120 @@ fn main() {
         format!("{b:.1}"),
         a / b,
     );
+
+    // Base backups of a small and a large (>= 1 GB) cluster: throughput
+    // beside tar and lzop, and peak RSS, which must not grow with the size.
+    let large: u32 = std::env::var("WAL_E_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(70);
+    for scale in [10, large] {
+        bench_backup(scratch.path(), scale);
+    }
+}
+
+/// Runs a command to completion and returns its wall time and peak RSS (KiB),
+/// from wait4's rusage of that very process.
+fn run_measured(cmd: &mut Command) -> (Duration, u64) {
+    let started = Instant::now();
+    let child = cmd.stdout(Stdio::null()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to be overwritten.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our own unwaited child; status and usage are valid pointers.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
+    std::mem::forget(child);
+    (started.elapsed(), usage.ru_maxrss as u64)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let out = Command::new("du").args(["-sb"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// backup-push and backup-fetch of a pgbench cluster, beside `tar | lzop` and
+/// `lzop -d | tar -x` of the same directory in the same run.
+fn bench_backup(scratch: &Path, scale: u32) {
+    let dir = scratch.join(format!("backup-{scale}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    pg::make_traversable(&dir);
+    let cluster = pg::Cluster::init(&dir, "data");
+    cluster.start();
+    cluster.pgbench_init(scale);
+    cluster.psql("CHECKPOINT");
+    let bytes = dir_bytes(&cluster.data_dir);
+    let store = dir.join("store");
+    let mut push = Command::new(env!("CARGO_BIN_EXE_wal-e"));
+    push.args(["--terse", "backup-push"])
+        .arg(&cluster.data_dir)
+        .env(
+            "WALE_FILE_PREFIX",
+            format!("file://localhost{}", store.display()),
+        )
+        .env("WALE_LOG_DESTINATION", "stderr")
+        .envs(cluster.env());
+    let (push_time, push_rss) = run_measured(&mut push);
+    cluster.stop();
+    let tarred = dir.join("baseline.tar.lzo");
+    let (tar_time, _) = run_measured(Command::new("sh").arg("-c").arg(format!(
+        "tar -cf - -C '{}' . | lzop -c > '{}'",
+        cluster.data_dir.display(),
+        tarred.display()
+    )));
+    let restored = dir.join("restored");
+    let mut fetch = Command::new(env!("CARGO_BIN_EXE_wal-e"));
+    fetch
+        .args(["--terse", "backup-fetch"])
+        .arg(&restored)
+        .arg("LATEST")
+        .env(
+            "WALE_FILE_PREFIX",
+            format!("file://localhost{}", store.display()),
+        )
+        .env("WALE_LOG_DESTINATION", "stderr");
+    let (fetch_time, fetch_rss) = run_measured(&mut fetch);
+    let untarred = dir.join("untarred");
+    std::fs::create_dir_all(&untarred).unwrap();
+    let (untar_time, _) = run_measured(Command::new("sh").arg("-c").arg(format!(
+        "lzop -dc '{}' | tar -xf - -C '{}'",
+        tarred.display(),
+        untarred.display()
+    )));
+    let mb = bytes as f64 / 1e6;
+    let (a, b) = (mb / push_time.as_secs_f64(), mb / tar_time.as_secs_f64());
+    row(
+        &format!("backup-push {mb:.0} MB (MB/s)"),
+        format!("{a:.0}"),
+        "tar | lzop",
+        format!("{b:.0}"),
+        a / b,
+    );
+    let (a, b) = (mb / fetch_time.as_secs_f64(), mb / untar_time.as_secs_f64());
+    row(
+        &format!("backup-fetch {mb:.0} MB (MB/s)"),
+        format!("{a:.0}"),
+        "lzop -d | tar",
+        format!("{b:.0}"),
+        a / b,
+    );
+    println!(
+        "{:<34} {:>14}   {:<12} {:>14}",
+        format!("peak RSS, {mb:.0} MB cluster (MiB)"),
+        format!("push {}", push_rss / 1024),
+        "fetch",
+        fetch_rss / 1024
+    );
+    drop(cluster);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -47,6 +47,8 @@ impl Bar {
 impl Progress for Bar {
     fn set_total(&self, bytes: u64) {
         self.0.set_length(bytes);
+        // Draw now: short transfers would otherwise finish before the first tick.
+        self.0.force_draw();
     }
     fn advance(&self, bytes: u64) {
         self.0.inc(bytes);

@@ -363,12 +363,33 @@ fn while_offline_backs_up_a_stopped_cluster_named_after_its_checkpoint() {
         sentinels[0]
     );
 
+    // On a terminal (a pty from `script`), backup-fetch draws a progress bar.
     let restored_dir = setup.path().join("restored");
+    let shell = format!(
+        "WALE_FILE_PREFIX='{}' WALE_LOG_DESTINATION=stderr '{}' backup-fetch '{}' LATEST",
+        setup.prefix(),
+        wal_e_bin().display(),
+        restored_dir.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let terminal = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{terminal}");
+    assert!(
+        terminal.contains("backup-fetch [") && terminal.contains(" ETA "),
+        "a progress bar: {terminal}"
+    );
+    // Without a terminal there is none.
+    std::fs::remove_dir_all(&restored_dir).unwrap();
     let out = setup.wal_e(
         &pg,
         &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("backup-fetch ["), "{}", stderr(&out));
     copy_config(&pg.data_dir, &restored_dir);
     let restored = Cluster::existing(restored_dir);
     restored.append_conf("archive_mode = off\n");

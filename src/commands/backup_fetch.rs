@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use futures_util::stream::{self, TryStreamExt};
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 
 use super::Context;
 use crate::catalog;
@@ -244,7 +244,10 @@ async fn fetch_partition(
     tracing::info!(detail = %format!("Downloading and extracting partition {number} from \"{url}\"."), "begin fetching a base backup volume");
     let attempt = || async {
         let got = ctx.store.get(key).await?;
-        let plain = pipeline::decode(got.stream, decrypt_with.as_ref());
+        let progress = progress.clone();
+        let plain = pipeline::decode(got.stream, decrypt_with.as_ref())
+            .inspect_ok(move |chunk| progress.advance(chunk.len() as u64))
+            .boxed();
         tar_extract::extract(plain, target, options.clone())
             .await
             .map_err(|e| {
@@ -258,12 +261,11 @@ async fn fetch_partition(
                 }
             })
     };
-    let stats = retry(policy, &format!("fetching {url}"), attempt)
+    retry(policy, &format!("fetching {url}"), attempt)
         .await
         .map_err(|e| {
             UserError::new("could not restore a base backup volume").detail(format!("{url}: {e}"))
         })?;
-    progress.advance(stats.bytes);
     Ok(())
 }
 
