@@ -467,3 +467,73 @@ fn after_retain_1_the_remaining_backup_restores_and_recovers() {
         "after the second backup,between the backups"
     );
 }
+
+#[test]
+fn tablespaces_need_their_links_unless_blind_restore() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    let tblspc = setup.path().join("tblspc");
+    pg.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        tblspc.display()
+    ));
+    pg.psql(
+        "CREATE TABLE in_tblspc TABLESPACE extra AS SELECT g AS id FROM generate_series(1, 777) g",
+    );
+    pg.psql("CHECKPOINT");
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let last = pg.switch_wal();
+    pg.wait_for_archived(&last, TIMEOUT);
+    pg.stop();
+
+    // No links and no spec: refused before anything is downloaded.
+    let refused = setup.path().join("refused");
+    let out = setup.wal_e(&pg, &["backup-fetch", refused.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tablespace symlinks are missing"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !refused.join("PG_VERSION").exists(),
+        "nothing was extracted"
+    );
+
+    // --blind-restore: the tablespace becomes a directory under pg_tblspc,
+    // and tablespace_map no longer sends PostgreSQL to the old location.
+    let blind = setup.path().join("blind");
+    let out = setup.wal_e(
+        &pg,
+        &[
+            "backup-fetch",
+            "--blind-restore",
+            blind.to_str().unwrap(),
+            "LATEST",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let oid = std::fs::read_dir(blind.join("pg_tblspc"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(
+        std::fs::symlink_metadata(&oid).unwrap().is_dir(),
+        "a real directory, not a link"
+    );
+    assert!(!blind.join("tablespace_map").exists());
+    std::fs::remove_dir_all(&tblspc).unwrap(); // the original location is gone
+    copy_config(&pg.data_dir, &blind);
+    let restored = Cluster::existing(blind);
+    restored.append_conf(&format!(
+        "archive_mode = off\nallow_in_place_tablespaces = on\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
+        setup.wal_e_env()
+    ));
+    restored.touch("recovery.signal");
+    restored.start();
+    restored.wait_for_recovery_end(TIMEOUT);
+    assert_eq!(restored.psql("SELECT count(*) FROM in_tblspc"), "777");
+}
