@@ -29,6 +29,9 @@ pub struct UserError {
     pub detail: Option<String>,
     pub hint: Option<String>,
     pub exit_code: u8,
+    /// The store said the requested object does not exist: the one failure
+    /// wal-fetch may report to PostgreSQL as "no such file" (exit 1).
+    pub not_found: bool,
 }
 
 impl UserError {
@@ -38,6 +41,7 @@ impl UserError {
             detail: None,
             hint: None,
             exit_code: exit::USER,
+            not_found: false,
         }
     }
 
@@ -53,6 +57,13 @@ impl UserError {
 
     pub fn exit_code(mut self, code: u8) -> Self {
         self.exit_code = code;
+        self
+    }
+
+    /// Marks an authoritative "does not exist" answer from the store.
+    pub fn not_found(mut self) -> Self {
+        self.not_found = true;
+        self.exit_code = exit::USER;
         self
     }
 }
@@ -94,6 +105,10 @@ impl CommandError {
             CommandError::User(e) => e.exit_code,
             CommandError::Unexpected(_) => exit::UNEXPECTED,
         }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CommandError::User(e) if e.not_found)
     }
 }
 

@@ -31,13 +31,29 @@ use crate::error::{CommandError, UserError, exit};
 pub type ByteStream = BoxStream<'static, io::Result<Bytes>>;
 
 /// Runs the command line of this process; returns the exit code.
+///
+/// As PostgreSQL's restore_command, `wal-fetch` may exit 1 only when the
+/// archive says the file does not exist; every other failure, including bad
+/// arguments, bad settings and panics, exits 126 so that recovery stops
+/// instead of ending early.
 pub fn run() -> u8 {
+    let restore_command = std::env::args().any(|a| a == "wal-fetch");
+    let failure_code = if restore_command {
+        exit::RESTORE_UNAVAILABLE
+    } else {
+        exit::UNEXPECTED
+    };
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::exit(i32::from(failure_code));
+    }));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
             return if err.use_stderr() {
-                exit::UNEXPECTED
+                failure_code
             } else {
                 exit::OK
             };
@@ -53,9 +69,10 @@ pub fn run() -> u8 {
     if let Command::Version = command {
         return print_stdout(&format!("{}\n", env!("CARGO_PKG_VERSION")));
     }
+    let restoring = matches!(command, Command::WalFetch(_));
     let settings = match Settings::from_args(&cli.global, &env) {
         Ok(settings) => settings,
-        Err(err) => return report(&CommandError::User(err)),
+        Err(err) => return restore_exit(restoring, report(&CommandError::User(err)), false),
     };
     if !matches!(
         command,
@@ -72,11 +89,22 @@ pub fn run() -> u8 {
         .build()
     {
         Ok(rt) => rt,
-        Err(err) => return report(&CommandError::unexpected(err)),
+        Err(err) => {
+            return restore_exit(restoring, report(&CommandError::unexpected(err)), false);
+        }
     };
     match runtime.block_on(commands::dispatch(command, settings, cli.global)) {
         Ok(()) => exit::OK,
-        Err(err) => report(&err),
+        Err(err) => restore_exit(restoring, report(&err), err.is_not_found()),
+    }
+}
+
+/// For wal-fetch, anything but "not found" becomes 126 (see [`run`]).
+fn restore_exit(restoring: bool, code: u8, not_found: bool) -> u8 {
+    if restoring && code != exit::OK && !not_found {
+        exit::RESTORE_UNAVAILABLE
+    } else {
+        code
     }
 }
 

@@ -225,14 +225,68 @@ fn fetching_a_missing_segment_exits_1_and_writes_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(!target.exists());
-    // Also when the store directory does not exist at all (WAL-E crashed there).
+}
+
+#[test]
+fn a_missing_store_directory_is_not_an_empty_archive() {
+    // An unmounted NFS share: the prefix directory itself is absent. That is
+    // not "no such WAL file" (which would end recovery), it is 126.
     let empty = FileStoreEnv::new();
+    let dest = tempfile::tempdir().unwrap();
+    let target = dest.path().join("RECOVERYXLOG");
     let out = empty.run(&[
         "wal-fetch",
         "0000000100000000000000AA",
         target.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is the file system mounted?"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn wal_fetch_never_exits_below_126_except_for_a_missing_file() {
+    let store = FileStoreEnv::new();
+    std::fs::create_dir_all(store.root()).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let target = dest.path().join("RECOVERYXLOG");
+    let target = target.to_str().unwrap();
+    let seg = "0000000100000000000000AA";
+    let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>)> = vec![
+        (
+            "no prefix",
+            vec!["wal-fetch", seg, target],
+            vec![("WALE_FILE_PREFIX", "")],
+        ),
+        (
+            "bad WALE_RETRIES",
+            vec!["wal-fetch", seg, target],
+            vec![("WALE_RETRIES", "lots")],
+        ),
+        ("missing %p", vec!["wal-fetch", seg], vec![]),
+        (
+            "unknown option",
+            vec!["wal-fetch", "--bogus", seg, target],
+            vec![],
+        ),
+        (
+            "backend not available",
+            vec!["wal-fetch", seg, target],
+            vec![
+                ("WALE_FILE_PREFIX", ""),
+                ("WALE_SWIFT_PREFIX", "swift://c/p"),
+            ],
+        ),
+    ];
+    for (name, args, env) in cases {
+        let out = store.command(&args).envs(env).output().unwrap();
+        assert_eq!(out.status.code(), Some(126), "{name}: {}", stderr(&out));
+        assert!(!std::path::Path::new(target).exists(), "{name}");
+    }
 }
 
 #[test]

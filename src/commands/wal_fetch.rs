@@ -100,7 +100,7 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
             "complete",
             "complete wal restore",
         ),
-        Err(CommandError::User(e)) if e.exit_code == exit::USER => {
+        Err(e) if e.is_not_found() => {
             tracing::info!(
                 detail = %format!("{url} does not exist."), action = "wal-fetch", key = %url,
                 prefix = %ctx.settings.prefix.path, seg = %name, state = "missing",
@@ -249,6 +249,7 @@ async fn download_with_retries(
         Err(StoreError::NotFound { .. }) => {
             Err(UserError::new("WAL file not found in the archive")
                 .detail(format!("{url} does not exist."))
+                .not_found()
                 .into())
         }
         Err(e) => Err(fetch_failed(&url, &e.to_string())),

@@ -37,6 +37,23 @@ impl FileStore {
         }
     }
 
+    /// A missing object is only "not found" while the store's own directory
+    /// exists: an unmounted NFS share must not look like an empty archive
+    /// (wal-fetch would end recovery early).
+    fn missing(&self, op: &'static str, key: &str, err: io::Error) -> StoreError {
+        match err.kind() {
+            io::ErrorKind::NotFound if !self.keep.is_dir() => StoreError::permanent(
+                op,
+                key,
+                format!(
+                    "the store directory {} does not exist (is the file system mounted?)",
+                    self.keep.display()
+                ),
+            ),
+            _ => classify(op, key, err),
+        }
+    }
+
     fn path(&self, op: &'static str, key: &str) -> Result<PathBuf, StoreError> {
         let rel = Path::new(key.trim_start_matches('/'));
         let clean = rel.components().all(|c| matches!(c, Component::Normal(_)));
@@ -64,6 +81,16 @@ fn classify(op: &'static str, key: &str, err: io::Error) -> StoreError {
             StoreError::transient(op, key, err)
         }
         _ => StoreError::permanent(op, key, err),
+    }
+}
+
+/// During a put, a vanished directory means a concurrent delete pruned it
+/// between our mkdir and our write: trying again recreates it.
+fn classify_put(key: &str, err: io::Error) -> StoreError {
+    if err.kind() == io::ErrorKind::NotFound {
+        StoreError::transient("put", key, err)
+    } else {
+        classify("put", key, err)
     }
 }
 
@@ -120,12 +147,12 @@ impl FileStore {
         })
         .await
         .map_err(|e| StoreError::permanent("put", key, e))?
-        .map_err(|e| classify("put", key, e))?;
+        .map_err(|e| classify_put(key, e))?;
 
         let std_file = temp
             .as_file()
             .try_clone()
-            .map_err(|e| classify("put", key, e))?;
+            .map_err(|e| classify_put(key, e))?;
         let mut file = tokio::fs::File::from_std(std_file);
         let mut body = payload.open();
         while let Some(chunk) = body.next().await {
@@ -135,10 +162,10 @@ impl FileStore {
             })?;
             file.write_all(&chunk)
                 .await
-                .map_err(|e| classify("put", key, e))?;
+                .map_err(|e| classify_put(key, e))?;
         }
-        file.flush().await.map_err(|e| classify("put", key, e))?;
-        file.sync_all().await.map_err(|e| classify("put", key, e))?;
+        file.flush().await.map_err(|e| classify_put(key, e))?;
+        file.sync_all().await.map_err(|e| classify_put(key, e))?;
         Ok(temp)
     }
 
@@ -215,8 +242,8 @@ impl Store for FileStore {
                 PutMode::Create => temp.persist_noclobber(&path),
                 PutMode::Overwrite => temp.persist(&path),
             };
-            placed.map_err(|e| classify("put", &key_owned, e.error))?;
-            sync_dir(&dir).map_err(|e| classify("put", &key_owned, e))
+            placed.map_err(|e| classify_put(&key_owned, e.error))?;
+            sync_dir(&dir).map_err(|e| classify_put(&key_owned, e))
         })
         .await
         .map_err(|e| StoreError::permanent("put", key, e))?
@@ -226,7 +253,7 @@ impl Store for FileStore {
         let path = self.path("get", key)?;
         let file = tokio::fs::File::open(&path)
             .await
-            .map_err(|e| classify("get", key, e))?;
+            .map_err(|e| self.missing("get", key, e))?;
         let md = file.metadata().await.map_err(|e| classify("get", key, e))?;
         if !md.is_file() {
             return Err(StoreError::NotFound {
@@ -243,7 +270,7 @@ impl Store for FileStore {
         let path = self.path("head", key)?;
         let md = tokio::fs::metadata(&path)
             .await
-            .map_err(|e| classify("head", key, e))?;
+            .map_err(|e| self.missing("head", key, e))?;
         if !md.is_file() {
             return Err(StoreError::NotFound {
                 key: key.to_string(),
