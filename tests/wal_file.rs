@@ -256,7 +256,8 @@ fn wal_fetch_never_exits_below_126_except_for_a_missing_file() {
     let target = dest.path().join("RECOVERYXLOG");
     let target = target.to_str().unwrap();
     let seg = "0000000100000000000000AA";
-    let cases: Vec<(&str, Vec<&str>, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             "no prefix",
             vec!["wal-fetch", seg, target],
