@@ -763,6 +763,18 @@ impl Session {
             .batch_execute("SET statement_timeout = 0")
             .await
             .map_err(session_error)?;
+        // The session sits idle while partitions upload: a server-wide
+        // idle_session_timeout (PostgreSQL 14+) would abort every long backup.
+        client
+            .batch_execute(
+                "DO $$ BEGIN \
+                   IF current_setting('server_version_num')::int >= 140000 THEN \
+                     SET idle_session_timeout = 0; \
+                   END IF; \
+                 END $$",
+            )
+            .await
+            .map_err(session_error)?;
         let row = client
             .query_one(
                 "SELECT current_setting('server_version_num')::int4, pg_backend_pid()",

@@ -267,6 +267,48 @@ fn backup_fetch_refuses_a_running_cluster() {
 }
 
 #[test]
+fn backups_need_archiving_and_restores_need_every_partition() {
+    let setup = Setup::new();
+    let pg = Cluster::init(setup.path(), "unarchived");
+    pg.start();
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MSG: archive_mode is off"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(setup.sentinels().is_empty());
+    pg.stop();
+
+    let pg = primary(&setup, PgBin::new());
+    pg.psql("CHECKPOINT");
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let name = setup.sentinels()[0]
+        .trim_end_matches("_backup_stop_sentinel.json")
+        .to_string();
+    let partitions = setup
+        .path()
+        .join("store/basebackups_005")
+        .join(&name)
+        .join("tar_partitions");
+    std::fs::remove_file(partitions.join("part_00000000.tar.lzo")).unwrap();
+    let target = setup.path().join("gap");
+    let out = setup.wal_e(&pg, &["backup-fetch", target.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is missing partition 0"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !target.join("global/pg_control").exists(),
+        "nothing that looks startable"
+    );
+}
+
+#[test]
 fn a_failed_upload_leaves_no_sentinel_and_no_backup_in_progress() {
     let setup = Setup::new();
     let pg = primary(&setup, PgBin::new());
@@ -357,6 +399,27 @@ fn while_offline_backs_up_a_stopped_cluster_named_after_its_checkpoint() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let sentinels = setup.sentinels();
     assert_eq!(sentinels.len(), 1);
+    // The same stopped cluster again: the same backup, which is kept as is.
+    let sentinel_path = setup
+        .path()
+        .join("store/basebackups_005")
+        .join(&sentinels[0]);
+    let written = std::fs::read(&sentinel_path).unwrap();
+    let out = setup.wal_e(
+        &pg,
+        &[
+            "backup-push",
+            "--while-offline",
+            pg.data_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to back up"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&sentinel_path).unwrap(), written);
     assert!(
         sentinels[0].starts_with(&format!("base_{redo_file}_")),
         "{} is named after the checkpoint's REDO segment {redo_file}",

@@ -91,6 +91,23 @@ fn encrypted_wal_is_readable_by_gpg_and_lzop_and_vice_versa() {
     let out = store.run(&["wal-push", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
+    // A host with only the public key cannot compare a re-pushed segment; it
+    // accepts it with a warning rather than stop archiving for good.
+    let public = dir_with_public_key(&home, &key);
+    let empty_home = tempfile::tempdir().unwrap();
+    let out = store
+        .command(&["wal-push", path.to_str().unwrap()])
+        .env("GNUPGHOME", empty_home.path())
+        .env("WALE_GPG_PUBLIC_KEY_FILE", &public)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not be compared"),
+        "{}",
+        stderr(&out)
+    );
+
     // Reading an encrypted archive without the key id fails loudly (126), never as "missing".
     store.extra_env.retain(|(k, _)| k != "WALE_GPG_KEY_ID");
     let out = store.run(&[
@@ -102,6 +119,13 @@ fn encrypted_wal_is_readable_by_gpg_and_lzop_and_vice_versa() {
     ]);
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
     assert!(stderr(&out).contains("bad magic"), "{}", stderr(&out));
+}
+
+/// Exports the public key to a file, for WALE_GPG_PUBLIC_KEY_FILE.
+fn dir_with_public_key(home: &common::gpg::GpgHome, key: &str) -> std::path::PathBuf {
+    let path = home.path().join("public.pgp");
+    std::fs::write(&path, home.gpg(&["--export", key], None).stdout).unwrap();
+    path
 }
 
 fn keys() -> &'static (

@@ -46,10 +46,29 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
     prepare_target(&target, &spec, args)?;
     let decrypt_with = ctx.decryption_keys().await?;
 
-    let partitions = list_partitions(ctx, &backup).await?;
-    if partitions.is_empty() {
-        return Err(UserError::new(format!("backup {backup} has no partitions")).into());
+    let mut partitions = list_partitions(ctx, &backup).await?;
+    if let Some(gap) = partitions
+        .iter()
+        .enumerate()
+        .find(|(i, (n, _))| *n as usize != *i)
+        .map(|(i, _)| i)
+    {
+        return Err(
+            UserError::new(format!("backup {backup} is missing partition {gap}"))
+                .detail(format!(
+                    "Partitions are numbered from 0; {} were found.",
+                    partitions.len()
+                ))
+                .hint("The backup is damaged; restore another one.")
+                .into(),
+        );
     }
+    // The last partition holds backup_label and global/pg_control, which
+    // make a data directory look startable: it is extracted only after all
+    // the others succeeded, so a failed or killed restore never looks whole.
+    let Some(last) = partitions.pop() else {
+        return Err(UserError::new(format!("backup {backup} has no partitions")).into());
+    };
     let options = ExtractOptions {
         tablespace_links: if args.blind_restore {
             Vec::new()
@@ -65,30 +84,43 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
         progress::for_terminal("backup-fetch", ctx.global.terse).into();
     progress.set_total(sentinel.expanded_size_bytes);
     let policy = RetryPolicy::from_retries(ctx.settings.retries);
+    let fetch = |(number, key): (u32, String)| {
+        let (options, decrypt_with, progress, target) = (
+            options.clone(),
+            decrypt_with.clone(),
+            progress.clone(),
+            target.clone(),
+        );
+        let policy = &policy;
+        async move {
+            fetch_partition(
+                ctx,
+                policy,
+                number,
+                &key,
+                &target,
+                options,
+                decrypt_with,
+                progress,
+            )
+            .await
+        }
+    };
     stream::iter(partitions.into_iter().map(Ok))
-        .try_for_each_concurrent(args.pool_size as usize, |(number, key)| {
-            let (options, decrypt_with, progress, target) = (
-                options.clone(),
-                decrypt_with.clone(),
-                progress.clone(),
-                target.clone(),
-            );
-            let policy = &policy;
-            async move {
-                fetch_partition(
-                    ctx,
-                    policy,
-                    number,
-                    &key,
-                    &target,
-                    options,
-                    decrypt_with,
-                    progress,
-                )
-                .await
-            }
-        })
+        .try_for_each_concurrent(args.pool_size as usize, fetch)
         .await?;
+    fetch(last).await?;
+    if !target.join("global").join("pg_control").is_file() {
+        return Err(
+            UserError::new(format!("backup {backup} has no global/pg_control"))
+                .detail(format!(
+                    "Nothing restored {}.",
+                    target.join("global/pg_control").display()
+                ))
+                .hint("The backup is damaged or incomplete; restore another one.")
+                .into(),
+        );
+    }
     progress.finish();
     reconcile_tablespace_map(&target)?;
     tracing::info!(
@@ -97,6 +129,10 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
         "completed a base backup restore"
     );
     Ok(())
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 fn is_root() -> bool {
@@ -181,11 +217,31 @@ fn prepare_target(
         let link = target.join("pg_tblspc").join(oid);
         if let Some(TablespaceLocation { loc, .. }) = spec.location(oid) {
             mkdir(Path::new(loc))?;
-            if std::fs::symlink_metadata(&link).is_err() {
-                std::os::unix::fs::symlink(loc.trim_end_matches('/'), &link).map_err(|e| {
-                    UserError::new("could not create a tablespace link")
-                        .detail(format!("{}: {e}", link.display()))
-                })?;
+            let wanted = Path::new(loc.trim_end_matches('/'));
+            match std::fs::read_link(&link) {
+                Err(_) if std::fs::symlink_metadata(&link).is_err() => {
+                    std::os::unix::fs::symlink(wanted, &link).map_err(|e| {
+                        UserError::new("could not create a tablespace link")
+                            .detail(format!("{}: {e}", link.display()))
+                    })?;
+                    sync_dir(&target.join("pg_tblspc")).map_err(|e| {
+                        UserError::new("could not create a tablespace link")
+                            .detail(format!("{}: {e}", link.display()))
+                    })?;
+                }
+                // Never extract through a link that leads somewhere else than
+                // the spec says: it could be a live tablespace.
+                Ok(existing) if existing != wanted => {
+                    return Err(UserError::new("a tablespace link points elsewhere")
+                        .detail(format!(
+                            "{} points to {}, but the restore spec says {}.",
+                            link.display(),
+                            existing.display(),
+                            wanted.display()
+                        ))
+                        .hint("Remove the link, or make the restore spec agree with it."));
+                }
+                _ => {}
             }
         }
         let ok = std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink())
@@ -286,11 +342,16 @@ fn reconcile_tablespace_map(target: &Path) -> Result<(), UserError> {
             lines.push(format!("{oid} {}", dest.display()));
         }
     }
+    // Replace atomically and durably: after a crash, the old map must not come
+    // back and send PostgreSQL to the original locations.
     let result = if lines.is_empty() {
-        std::fs::remove_file(&map)
+        std::fs::remove_file(&map).and_then(|()| sync_dir(target))
     } else {
-        std::fs::write(&map, lines.join("\n") + "\n")
-            .and_then(|()| std::fs::File::open(&map)?.sync_all())
+        let staged = target.join("tablespace_map.wal-e-tmp");
+        std::fs::write(&staged, lines.join("\n") + "\n")
+            .and_then(|()| std::fs::File::open(&staged)?.sync_all())
+            .and_then(|()| std::fs::rename(&staged, &map))
+            .and_then(|()| sync_dir(target))
     };
     result.map_err(|e| {
         UserError::new("could not update tablespace_map").detail(format!("{}: {e}", map.display()))

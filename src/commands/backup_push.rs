@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
@@ -23,7 +24,7 @@ use crate::layout::{BackupName, Sentinel};
 use crate::pipeline::{self, EncryptionKeys, RateLimiter};
 use crate::postgres::{self, ConnectParams, Session};
 use crate::progress::{self, Progress};
-use crate::storage::{PutOptions, PutPayload};
+use crate::storage::{PutOptions, PutPayload, StoreError};
 use crate::tar_partition::{self, Limits, Partition, Plan};
 
 pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
@@ -33,89 +34,117 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
     }
     let params = ConnectParams::from_env(&ProcessEnv)?;
     let session = Session::connect(&params).await?;
+    if session.setting("archive_mode").await? == "off" {
+        return Err(UserError::new("archive_mode is off")
+            .detail("A base backup is only restorable with the WAL written during it, and this server does not archive any.")
+            .hint("Set archive_mode = on and archive_command = 'wal-e wal-push %p' (to this same prefix), then restart PostgreSQL.")
+            .into());
+    }
+    let segment_size = session.wal_segment_size().await?;
     let encrypt_to = ctx.encryption_keys().await?;
     let label = postgres::backup_label_name(chrono::Utc::now());
     let start = session.start_backup(&label, false).await?;
     let name = BackupName::new(start.segment, start.offset);
+    if already_complete(ctx, &name).await? {
+        return Ok(());
+    }
     tracing::info!(
         detail = %format!("The backup is {name}, label {label:?}, starting at {}.", start.lsn),
         "started a base backup"
     );
 
-    // If anything below fails, dropping the session makes PostgreSQL abort
-    // the non-exclusive backup: nothing stays "in backup" on the server.
+    // Until pg_backup_stop returns, the backup depends on this session: if it
+    // dies, fail at once. If anything fails, dropping the session makes
+    // PostgreSQL abort the backup, so nothing stays "in backup" on the server.
     let closed = session.closed();
-    let work = async {
+    let until_stop = async {
         let version = session.version_string().await?;
         put_small(
             ctx,
             &ctx.layout.extended_version_key(&name),
             version.into_bytes(),
+            PutOptions::default(),
             "text/plain",
         )
         .await?;
-        let plan = plan(&cluster_dir).await?;
-        let uploader = Uploader::new(ctx, &name, args, encrypt_to.clone(), &plan);
-        uploader.upload_all(plan.partitions.clone()).await?;
+        let Plan {
+            partitions,
+            spec,
+            expanded_size_bytes,
+        } = plan(&cluster_dir).await?;
+        let uploader = Uploader::new(ctx, &name, args, encrypt_to.clone(), expanded_size_bytes);
+        let count = partitions.len() as u32;
+        uploader.upload_all(partitions).await?;
         let stop = session.stop_backup().await?;
-        let last = final_partition(
-            &cluster_dir,
-            plan.partitions.len() as u32,
-            &stop.backup_label,
-            stop.tablespace_map.as_deref(),
-        )
-        .await?;
-        let last_bytes = last.data_bytes();
-        uploader.upload_all(vec![last]).await?;
-        uploader.progress.finish();
-        let sentinel = Sentinel {
-            wal_segment_backup_stop: stop.segment.to_string(),
-            wal_segment_offset_backup_stop: BackupName::new(stop.segment, stop.offset).start_offset,
-            expanded_size_bytes: plan.expanded_size_bytes + last_bytes,
-            spec: plan.spec.clone(),
-        };
-        put_small(
-            ctx,
-            &ctx.layout.sentinel_key(&name),
-            sentinel.to_wal_e_json(),
-            "application/json",
-        )
-        .await?;
-        Ok::<_, CommandError>(())
+        Ok::<_, CommandError>((uploader, spec, expanded_size_bytes, count, stop))
     };
-    tokio::select! {
-        result = work => result?,
+    let (uploader, spec, expanded_size_bytes, count, stop) = tokio::select! {
+        result = until_stop => result?,
         reason = closed => {
             return Err(UserError::new("the PostgreSQL session of the backup ended")
                 .detail(reason)
                 .hint("The backup was abandoned: no sentinel was written, so it is not listed or restorable. Run backup-push again.")
                 .into());
         }
-    }
+    };
+    drop(session);
+    let last = tar_partition::final_partition(
+        &cluster_dir,
+        count,
+        &stop.backup_label,
+        stop.tablespace_map.as_deref(),
+    )
+    .map_err(|e| UserError::new("could not read global/pg_control").detail(e.to_string()))?;
+    let last_bytes = last.data_bytes();
+    uploader.upload_all(vec![last]).await?;
+    uploader.progress.finish();
+    // The last WAL byte of the backup is just before the stop LSN.
+    let (last_segment, _) = postgres::segment_of(
+        postgres::Lsn(stop.lsn.0.saturating_sub(1)),
+        stop.segment.timeline,
+        segment_size,
+    );
+    wait_until_archived(ctx, &last_segment.to_string()).await?;
+    let sentinel = Sentinel {
+        wal_segment_backup_stop: stop.segment.to_string(),
+        wal_segment_offset_backup_stop: BackupName::new(stop.segment, stop.offset).start_offset,
+        expanded_size_bytes: expanded_size_bytes + last_bytes,
+        spec,
+    };
+    put_sentinel(ctx, &name, &sentinel).await?;
     tracing::info!(detail = %format!("Backup {name} is complete."), "completed a base backup");
     Ok(())
 }
 
 /// A backup of a cluster that is shut down, named after its last checkpoint.
 async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -> CmdResult {
-    if cluster_dir.join("postmaster.pid").exists() {
-        return Err(
-            UserError::new("attempting to back up a running cluster with --while-offline")
-                .detail(format!(
-                    "{} exists.",
-                    cluster_dir.join("postmaster.pid").display()
-                ))
-                .hint("Stop PostgreSQL first, or run backup-push without --while-offline.")
-                .into(),
-        );
+    let pid_file = cluster_dir.join("postmaster.pid");
+    let running = || {
+        UserError::new("attempting to back up a running cluster with --while-offline")
+            .detail(format!("{} exists.", pid_file.display()))
+            .hint("Stop PostgreSQL first, or run backup-push without --while-offline.")
+    };
+    if pid_file.exists() {
+        return Err(running().into());
     }
     let control = postgres::read_control_file(cluster_dir)?;
+    if !control.state.is_shut_down() {
+        return Err(UserError::new("the cluster was not shut down cleanly")
+            .detail(format!("pg_control says the cluster is {}.", control.state))
+            .hint(
+                "Start PostgreSQL and stop it cleanly (pg_ctl stop -m fast), or back it up online.",
+            )
+            .into());
+    }
     let (segment, offset) = postgres::segment_of(
         control.checkpoint_redo,
         control.timeline,
         control.wal_segment_size,
     );
     let name = BackupName::new(segment, offset);
+    if already_complete(ctx, &name).await? {
+        return Ok(());
+    }
     let encrypt_to = ctx.encryption_keys().await?;
     let pg_version = std::fs::read_to_string(cluster_dir.join("PG_VERSION")).unwrap_or_default();
     let version = format!("PostgreSQL {}", pg_version.trim());
@@ -123,28 +152,22 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
         ctx,
         &ctx.layout.extended_version_key(&name),
         version.into_bytes(),
+        PutOptions::default(),
         "text/plain",
     )
     .await?;
-    let plan = plan(cluster_dir).await?;
-    let uploader = Uploader::new(ctx, &name, args, encrypt_to, &plan);
-    uploader.upload_all(plan.partitions.clone()).await?;
-    // The WAL from the checkpoint's REDO point to the checkpoint record.
-    let size = control.wal_segment_size;
-    let mut wal_segments = Vec::new();
-    let mut lsn = control.checkpoint_redo.0 - control.checkpoint_redo.0 % size;
-    while lsn <= control.checkpoint.0 {
-        wal_segments.push(
-            postgres::segment_of(postgres::Lsn(lsn), control.timeline, size)
-                .0
-                .to_string(),
-        );
-        lsn += size;
-    }
+    let Plan {
+        partitions,
+        spec,
+        expanded_size_bytes,
+    } = plan(cluster_dir).await?;
+    let uploader = Uploader::new(ctx, &name, args, encrypt_to, expanded_size_bytes);
+    let count = partitions.len() as u32;
+    uploader.upload_all(partitions).await?;
     let last = tar_partition::offline_final_partition(
         cluster_dir,
-        plan.partitions.len() as u32,
-        &wal_segments,
+        count,
+        &checkpoint_wal(cluster_dir, &control),
     )
     .map_err(|e| {
         UserError::new("could not read the stopped cluster's WAL or pg_control")
@@ -153,21 +176,112 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
     let last_bytes = last.data_bytes();
     uploader.upload_all(vec![last]).await?;
     uploader.progress.finish();
+    // Nobody may have started the cluster meanwhile: that would make the
+    // copy inconsistent with the WAL it carries.
+    let after = postgres::read_control_file(cluster_dir)?;
+    if pid_file.exists() || after.checkpoint != control.checkpoint {
+        return Err(running()
+            .detail(
+                "The cluster was started while it was being backed up; no sentinel was written.",
+            )
+            .into());
+    }
     let sentinel = Sentinel {
         wal_segment_backup_stop: segment.to_string(),
         wal_segment_offset_backup_stop: name.start_offset.clone(),
-        expanded_size_bytes: plan.expanded_size_bytes + last_bytes,
-        spec: plan.spec.clone(),
+        expanded_size_bytes: expanded_size_bytes + last_bytes,
+        spec,
     };
-    put_small(
-        ctx,
-        &ctx.layout.sentinel_key(&name),
-        sentinel.to_wal_e_json(),
-        "application/json",
-    )
-    .await?;
+    put_sentinel(ctx, &name, &sentinel).await?;
     tracing::info!(detail = %format!("Backup {name} of the stopped cluster is complete."), "completed a base backup");
     Ok(())
+}
+
+/// The WAL segments from the last checkpoint's REDO point through its
+/// record, which a cleanly stopped cluster has not archived. The record may
+/// cross into the next segment; that one is included when it exists.
+fn checkpoint_wal(cluster_dir: &Path, control: &postgres::ControlData) -> Vec<String> {
+    let size = control.wal_segment_size;
+    let name_of = |lsn: u64| {
+        postgres::segment_of(postgres::Lsn(lsn), control.timeline, size)
+            .0
+            .to_string()
+    };
+    let mut segments = Vec::new();
+    let mut lsn = control.checkpoint_redo.0 - control.checkpoint_redo.0 % size;
+    while lsn <= control.checkpoint.0 {
+        segments.push(name_of(lsn));
+        lsn += size;
+    }
+    // A checkpoint record is a few hundred bytes at most.
+    let spill = name_of(control.checkpoint.0 + 1024);
+    let wal_dir = ["pg_wal", "pg_xlog"]
+        .into_iter()
+        .find(|d| cluster_dir.join(d).is_dir())
+        .unwrap_or("pg_wal");
+    if !segments.contains(&spill) && cluster_dir.join(wal_dir).join(&spill).is_file() {
+        segments.push(spill);
+    }
+    segments
+}
+
+/// Whether a complete backup of the same name exists: an idle server starts
+/// its next backup at the same place. It is never overwritten.
+async fn already_complete(ctx: &Context, name: &BackupName) -> Result<bool, CommandError> {
+    match ctx.store.head(&ctx.layout.sentinel_key(name)).await {
+        Ok(_) => {
+            tracing::info!(
+                detail = %format!("Backup {name} is complete already: the server wrote nothing since it started."),
+                "nothing to back up"
+            );
+            Ok(true)
+        }
+        Err(StoreError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(UserError::new("could not check the store")
+            .detail(e.to_string())
+            .into()),
+    }
+}
+
+/// Waits (bounded) until the segment is in this prefix's archive: a sentinel
+/// for a backup whose WAL never arrived would advertise a backup that cannot
+/// be restored.
+async fn wait_until_archived(ctx: &Context, segment: &str) -> CmdResult {
+    let key = ctx.layout.wal_key(segment);
+    let deadline = tokio::time::Instant::now() + ARCHIVE_WAIT;
+    loop {
+        match ctx.store.head(&key).await {
+            Ok(_) => return Ok(()),
+            Err(StoreError::NotFound { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(StoreError::NotFound { .. }) => {
+                return Err(UserError::new("the WAL this backup needs is not in the archive")
+                    .detail(format!("{} did not appear within {} s.", ctx.layout.url(&key), ARCHIVE_WAIT.as_secs()))
+                    .hint("archive_command must run wal-e wal-push to this same prefix; no sentinel was written.")
+                    .into());
+            }
+            Err(e) => {
+                return Err(UserError::new("could not check the archive")
+                    .detail(e.to_string())
+                    .into());
+            }
+        }
+    }
+}
+
+/// How long to wait for the backup's last segment after pg_backup_stop.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
+
+async fn put_sentinel(ctx: &Context, name: &BackupName, sentinel: &Sentinel) -> CmdResult {
+    put_small(
+        ctx,
+        &ctx.layout.sentinel_key(name),
+        sentinel.to_wal_e_json(),
+        PutOptions::create_only(),
+        "application/json",
+    )
+    .await
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, UserError> {
@@ -208,28 +322,16 @@ async fn plan(cluster_dir: &Path) -> Result<Plan, CommandError> {
         })
 }
 
-async fn final_partition(
-    cluster_dir: &Path,
-    number: u32,
-    label: &str,
-    map: Option<&str>,
-) -> Result<Partition, CommandError> {
-    tar_partition::final_partition(cluster_dir, number, label, map).map_err(|e| {
-        UserError::new("could not read global/pg_control")
-            .detail(e.to_string())
-            .into()
-    })
-}
-
 async fn put_small(
     ctx: &Context,
     key: &str,
     body: Vec<u8>,
+    options: PutOptions,
     content_type: &'static str,
 ) -> CmdResult {
     let options = PutOptions {
         content_type: Some(content_type),
-        ..Default::default()
+        ..options
     };
     ctx.store
         .put(key, PutPayload::from_bytes(body), &options)
@@ -257,11 +359,11 @@ impl<'a> Uploader<'a> {
         name: &'a BackupName,
         args: &BackupPushArgs,
         encrypt_to: Option<Arc<EncryptionKeys>>,
-        plan: &Plan,
+        planned_bytes: u64,
     ) -> Self {
         let progress: Arc<dyn Progress> =
             progress::for_terminal("backup-push", ctx.global.terse).into();
-        progress.set_total(plan.expanded_size_bytes);
+        progress.set_total(planned_bytes);
         Uploader {
             ctx,
             name,

@@ -284,10 +284,20 @@ async fn archived_copy_matches(
             .hint("The archived copy was left unchanged. With encryption, comparing needs the secret key (WALE_GPG_SECRET_KEY_FILE or the GnuPG home).")
             .into()
     };
-    let decrypt_with = ctx
-        .decryption_keys()
-        .await
-        .map_err(|e| cannot_verify(e.msg))?;
+    let decrypt_with = match ctx.decryption_keys().await {
+        Ok(keys) => keys,
+        // An archiving host often has only the public key. Refusing here
+        // would stop archiving for good after a crash between upload and
+        // PostgreSQL's bookkeeping, and fill pg_wal; accept, and say so.
+        Err(e) => {
+            tracing::warn!(
+                detail = %format!("{url} exists, but it is encrypted and the secret key is not available here: {}", e.detail.as_deref().unwrap_or(&e.msg)),
+                hint = "Set WALE_GPG_SECRET_KEY_FILE on this host to have re-archived WAL verified.",
+                "WAL file is already archived; its content could not be compared"
+            );
+            return Ok(true);
+        }
+    };
     let stored = ctx
         .store
         .get(key)
