@@ -365,12 +365,6 @@ pub async fn find_backup(ctx: &Context, query: &str) -> Result<Option<BackupInfo
     Ok(query.select(&backups).cloned())
 }
 
-/// The most recently completed backup (newest sentinel), as `LATEST`.
-pub async fn latest_backup(ctx: &Context) -> Result<Option<BackupInfo>, UserError> {
-    let backups = list_backups(ctx).await?;
-    Ok(BackupQuery::Latest.select(&backups).cloned())
-}
-
 /// Warns when the backups span more than one timeline: ordering by WAL
 /// position ignores timelines, so after a restore to an earlier point (or
 /// with two servers sharing a prefix) "newest" may not mean what it seems.

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod durable;
 pub mod error;
 pub mod layout;
 pub mod logging;

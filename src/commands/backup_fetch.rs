@@ -14,6 +14,7 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use super::Context;
 use crate::catalog;
 use crate::cli::BackupFetchArgs;
+use crate::durable::sync_dir;
 use crate::error::{CmdResult, CommandError, UserError};
 use crate::layout::{BackupName, RestoreSpec, Sentinel, TablespaceLocation, VOLUME_RE};
 use crate::pipeline::{self, DecryptionKeys};
@@ -129,10 +130,6 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
         "completed a base backup restore"
     );
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn is_root() -> bool {

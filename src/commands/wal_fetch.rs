@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::Context;
 use crate::cli::{WalFetchArgs, WalPrefetchArgs};
+use crate::durable::{parent_dir, sync_dir};
 use crate::error::{CmdResult, CommandError, UserError, exit};
 use crate::layout::SegmentName;
 use crate::pipeline::{self, DecryptionKeys};
@@ -239,11 +240,7 @@ async fn download_with_retries(
                     &format!("renaming into {}: {}", dest.display(), e.error),
                 )
             })?;
-            let dir = dest
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            sync_dir(dir).map_err(|e| fetch_failed(&url, &e.to_string()))?;
+            sync_dir(parent_dir(dest)).map_err(|e| fetch_failed(&url, &e.to_string()))?;
             Ok(())
         }
         Err(StoreError::NotFound { .. }) => {
@@ -277,15 +274,7 @@ async fn write_decoded(
 
 fn promote(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    let dir = to
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    sync_dir(dir)
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    sync_dir(parent_dir(to))
 }
 
 /// Staging files left by a killed wal-fetch; an hour is far longer than any

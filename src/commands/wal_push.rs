@@ -18,6 +18,7 @@ use tokio_util::io::ReaderStream;
 use super::{Context, format_kib_per_second};
 use crate::ByteStream;
 use crate::cli::WalPushArgs;
+use crate::durable::{parent_dir, sync_dir};
 use crate::error::{CmdResult, CommandError, UserError};
 use crate::layout::SEGMENT_READY_RE;
 use crate::pipeline::{self, EncryptionKeys, lzop};
@@ -83,7 +84,7 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
                 let result = push_one(ctx, &file, encrypt_to.as_ref()).await;
                 let result = match result {
                     Ok(done @ (Outcome::Uploaded | Outcome::AlreadyArchived)) if !file.explicit => {
-                        mark_done(&xlog_dir_of(&file.path), &file.name).map(|()| done)
+                        mark_done(parent_dir(&file.path), &file.name).map(|()| done)
                     }
                     other => other,
                 };
@@ -108,10 +109,6 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
         Some(e) => Err(e),
         None => Ok(()),
     }
-}
-
-fn xlog_dir_of(path: &Path) -> PathBuf {
-    path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// Full segment names with a `.ready` status file, sorted, except `skip`.
@@ -143,7 +140,7 @@ fn mark_done(xlog_dir: &Path, name: &str) -> Result<(), CommandError> {
     let ready = status_dir.join(format!("{name}.ready"));
     let done = status_dir.join(format!("{name}.done"));
     std::fs::rename(&ready, &done)
-        .and_then(|()| std::fs::File::open(&status_dir)?.sync_all())
+        .and_then(|()| sync_dir(&status_dir))
         .map_err(|e| {
             UserError::new("could not mark a WAL segment as archived")
                 .detail(format!(

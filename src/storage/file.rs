@@ -14,6 +14,8 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
+use crate::durable::sync_dir;
+
 use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
 
 const TEMP_PREFIX: &str = ".wal-e-tmp.";
@@ -101,10 +103,6 @@ fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
         size: md.len(),
         last_modified: modified,
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// `create_dir_all`, then fsync the parent of every directory it created so
