@@ -5,16 +5,6 @@ mod common;
 
 use wal_e::storage::{FileStore, PutOptions, PutPayload, Store};
 
-/// Peak resident set size of this process, from /proc (kB).
-fn peak_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_mib_round_trip_uses_bounded_memory() {
     const LEN: u64 = 64 * 1024 * 1024;
@@ -29,7 +19,7 @@ async fn a_64_mib_round_trip_uses_bounded_memory() {
         )
         .await
         .unwrap();
-    let before = peak_rss_kb();
+    let before = common::peak_rss_kb();
     store
         .put(
             "big",
@@ -41,7 +31,7 @@ async fn a_64_mib_round_trip_uses_bounded_memory() {
     let got = store.get("big").await.unwrap();
     let (len, _) = common::conformance::digest(got.stream).await.unwrap();
     assert_eq!(len, LEN);
-    let growth_mib = (peak_rss_kb().saturating_sub(before)) / 1024;
+    let growth_mib = (common::peak_rss_kb().saturating_sub(before)) / 1024;
     assert!(
         growth_mib < 16,
         "peak RSS grew by {growth_mib} MiB for a 64 MiB object"

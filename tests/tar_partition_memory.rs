@@ -1,18 +1,10 @@
 //! Streaming a 200 MiB file into a tar partition keeps memory bounded.
 //! Alone in its own test binary so no other test disturbs the measurement.
 
+mod common;
+
 use futures_util::stream::StreamExt;
 use wal_e::tar_partition::{Member, MemberKind, Partition, write_partition};
-
-/// Peak resident set size of this process, from /proc (kB).
-fn peak_rss_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/self/status")
-}
 
 fn file_member(name: &str, source: std::path::PathBuf, size: u64) -> Member {
     Member {
@@ -53,7 +45,7 @@ async fn a_200_mib_file_streams_in_bounded_memory() {
         members: vec![file_member("small", small, 1 << 20)],
     };
     drain(warm).await;
-    let before = peak_rss_kb();
+    let before = common::peak_rss_kb();
     let partition = Partition {
         number: 1,
         members: vec![file_member("big", big, LEN)],
@@ -62,7 +54,7 @@ async fn a_200_mib_file_streams_in_bounded_memory() {
     // One header, the data, the end blocks, padded to a 10240-byte record.
     assert_eq!(len, (512 + LEN + 1024).div_ceil(10240) * 10240);
     assert!(zero_end);
-    let growth_mib = peak_rss_kb().saturating_sub(before) / 1024;
+    let growth_mib = common::peak_rss_kb().saturating_sub(before) / 1024;
     eprintln!("peak RSS growth: {growth_mib} MiB (before: {before} kB)");
     assert!(
         growth_mib < 8,

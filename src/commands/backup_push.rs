@@ -20,7 +20,7 @@ use super::Context;
 use crate::cli::BackupPushArgs;
 use crate::config::ProcessEnv;
 use crate::error::{CmdResult, CommandError, UserError};
-use crate::layout::{BackupName, Sentinel};
+use crate::layout::{BackupName, RestoreSpec, Sentinel};
 use crate::pipeline::{self, EncryptionKeys, RateLimiter};
 use crate::postgres::{self, ConnectParams, Session};
 use crate::progress::{self, Progress};
@@ -59,22 +59,8 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
     let closed = session.closed();
     let until_stop = async {
         let version = session.version_string().await?;
-        put_small(
-            ctx,
-            &ctx.layout.extended_version_key(&name),
-            version.into_bytes(),
-            PutOptions::default(),
-            "text/plain",
-        )
-        .await?;
-        let Plan {
-            partitions,
-            spec,
-            expanded_size_bytes,
-        } = plan(&cluster_dir).await?;
-        let uploader = Uploader::new(ctx, &name, args, encrypt_to.clone(), expanded_size_bytes);
-        let count = partitions.len() as u32;
-        uploader.upload_all(partitions).await?;
+        let (uploader, spec, expanded_size_bytes, count) =
+            upload_data(ctx, &name, args, &cluster_dir, version, encrypt_to.clone()).await?;
         let stop = session.stop_backup().await?;
         Ok::<_, CommandError>((uploader, spec, expanded_size_bytes, count, stop))
     };
@@ -148,22 +134,8 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
     let encrypt_to = ctx.encryption_keys().await?;
     let pg_version = std::fs::read_to_string(cluster_dir.join("PG_VERSION")).unwrap_or_default();
     let version = format!("PostgreSQL {}", pg_version.trim());
-    put_small(
-        ctx,
-        &ctx.layout.extended_version_key(&name),
-        version.into_bytes(),
-        PutOptions::default(),
-        "text/plain",
-    )
-    .await?;
-    let Plan {
-        partitions,
-        spec,
-        expanded_size_bytes,
-    } = plan(cluster_dir).await?;
-    let uploader = Uploader::new(ctx, &name, args, encrypt_to, expanded_size_bytes);
-    let count = partitions.len() as u32;
-    uploader.upload_all(partitions).await?;
+    let (uploader, spec, expanded_size_bytes, count) =
+        upload_data(ctx, &name, args, cluster_dir, version, encrypt_to).await?;
     let last = tar_partition::offline_final_partition(
         cluster_dir,
         count,
@@ -195,6 +167,36 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
     put_sentinel(ctx, &name, &sentinel).await?;
     tracing::info!(detail = %format!("Backup {name} of the stopped cluster is complete."), "completed a base backup");
     Ok(())
+}
+
+/// What online and offline backups share: `extended_version.txt`, then every
+/// planned partition. Returns the uploader (for the final partition), the
+/// restore spec, the planned bytes and the number of partitions.
+async fn upload_data<'a>(
+    ctx: &'a Context,
+    name: &'a BackupName,
+    args: &BackupPushArgs,
+    cluster_dir: &Path,
+    version: String,
+    encrypt_to: Option<Arc<EncryptionKeys>>,
+) -> Result<(Uploader<'a>, RestoreSpec, u64, u32), CommandError> {
+    put_small(
+        ctx,
+        &ctx.layout.extended_version_key(name),
+        version.into_bytes(),
+        PutOptions::default(),
+        "text/plain",
+    )
+    .await?;
+    let Plan {
+        partitions,
+        spec,
+        expanded_size_bytes,
+    } = plan(cluster_dir).await?;
+    let uploader = Uploader::new(ctx, name, args, encrypt_to, expanded_size_bytes);
+    let count = partitions.len() as u32;
+    uploader.upload_all(partitions).await?;
+    Ok((uploader, spec, expanded_size_bytes, count))
 }
 
 /// The WAL segments from the last checkpoint's REDO point through its

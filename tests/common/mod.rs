@@ -6,3 +6,13 @@ pub mod conformance;
 pub mod gpg;
 pub mod pg;
 pub mod store_fixture;
+
+/// Peak resident set size of this process, from /proc (kB).
+pub fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
