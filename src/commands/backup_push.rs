@@ -24,7 +24,7 @@ use crate::pipeline::{self, EncryptionKeys, RateLimiter};
 use crate::postgres::{self, ConnectParams, Session};
 use crate::progress::{self, Progress};
 use crate::storage::{PutOptions, PutPayload};
-use crate::tar_partition::{self, Limits, Partition, Plan};
+use crate::tar_partition::{self, Limits, Partition, Plan, TarError};
 
 pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
     let cluster_dir = absolute(&args.cluster_dir)?;
@@ -141,14 +141,14 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
         );
         lsn += size;
     }
-    let last = tar_partition::offline_final_partition(
-        cluster_dir,
-        plan.partitions.len() as u32,
-        &wal_segments,
-    )
+    let (dir, number) = (cluster_dir.to_path_buf(), plan.partitions.len() as u32);
+    let last = tokio::task::spawn_blocking(move || {
+        tar_partition::offline_final_partition(&dir, number, &wal_segments)
+    })
+    .await
+    .map_err(CommandError::unexpected)?
     .map_err(|e| {
-        UserError::new("could not read the stopped cluster's WAL or pg_control")
-            .detail(e.to_string())
+        final_partition_error("could not read the stopped cluster's WAL or pg_control", e)
     })?;
     let last_bytes = last.data_bytes();
     uploader.upload_all(vec![last]).await?;
@@ -208,17 +208,38 @@ async fn plan(cluster_dir: &Path) -> Result<Plan, CommandError> {
         })
 }
 
+/// On a blocking thread: reading pg_control may pause between retries.
 async fn final_partition(
     cluster_dir: &Path,
     number: u32,
     label: &str,
     map: Option<&str>,
 ) -> Result<Partition, CommandError> {
-    tar_partition::final_partition(cluster_dir, number, label, map).map_err(|e| {
-        UserError::new("could not read global/pg_control")
-            .detail(e.to_string())
-            .into()
+    let (dir, label, map) = (
+        cluster_dir.to_path_buf(),
+        label.to_string(),
+        map.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        tar_partition::final_partition(&dir, number, &label, map.as_deref())
     })
+    .await
+    .map_err(CommandError::unexpected)?
+    .map_err(|e| final_partition_error("could not read global/pg_control", e).into())
+}
+
+/// A pg_control that never passed its checks keeps the control file's own
+/// hint (the file is damaged or was being written; do not back it up).
+fn final_partition_error(msg: &str, e: TarError) -> UserError {
+    let hint = match &e {
+        TarError::ControlFile { source, .. } => source.hint.clone(),
+        _ => None,
+    };
+    let err = UserError::new(msg).detail(e.to_string());
+    match hint {
+        Some(hint) => err.hint(hint),
+        None => err,
+    }
 }
 
 async fn put_small(
