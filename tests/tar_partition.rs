@@ -843,7 +843,12 @@ async fn extract_round_trips_a_planned_data_directory() {
         assert_eq!(mtime(&dest.join("PG_VERSION")), OLD as i64);
         assert_eq!(mtime(&dest.join("global/1262")), OLD as i64 + 2);
         assert_eq!(fs::read_dir(dest.join("pg_wal")).unwrap().count(), 0);
-        assert_eq!(fs::read_link(dest.join("pg_xlog")).unwrap(), fx.wal_target);
+        // The pg_xlog symlink is archived but restored as an empty
+        // directory, never as a link to the original server's WAL.
+        let pg_xlog = fs::symlink_metadata(dest.join("pg_xlog")).unwrap();
+        assert!(pg_xlog.is_dir());
+        assert_eq!(pg_xlog.mode() & 0o7777, 0o700);
+        assert_eq!(fs::read_dir(dest.join("pg_xlog")).unwrap().count(), 0);
         assert_eq!(
             fs::read_link(dest.join("danglinglink")).unwrap(),
             PathBuf::from("/nonexistent/wal-e-test")
@@ -1103,6 +1108,142 @@ async fn a_pre_existing_symlink_in_dest_is_refused_unless_listed() {
         fs::symlink_metadata(outside.join("PG_15")).unwrap().mode() & 0o777,
         0o700
     );
+}
+
+#[tokio::test]
+async fn a_top_level_wal_symlink_is_restored_as_an_empty_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("somewhere/else");
+    let elsewhere = elsewhere.to_str().unwrap();
+    let dest = tmp.path().join("dest");
+    let archive = raw_archive(&[
+        ("pg_wal", tar::EntryType::Symlink, elsewhere, b""),
+        ("./pg_xlog", tar::EntryType::Symlink, elsewhere, b""),
+        ("deep/pg_wal", tar::EntryType::Symlink, elsewhere, b""),
+    ]);
+    for _ in 0..2 {
+        extract(
+            bytes_stream(archive.clone()),
+            &dest,
+            ExtractOptions::default(),
+        )
+        .await
+        .unwrap();
+        for dir in ["pg_wal", "pg_xlog"] {
+            let md = fs::symlink_metadata(dest.join(dir)).unwrap();
+            assert!(md.is_dir(), "{dir}");
+            assert_eq!(md.mode() & 0o7777, 0o700, "{dir}");
+            assert_eq!(fs::read_dir(dest.join(dir)).unwrap().count(), 0, "{dir}");
+        }
+        // Only the top level is special.
+        assert_eq!(
+            fs::read_link(dest.join("deep/pg_wal")).unwrap(),
+            PathBuf::from(elsewhere)
+        );
+        assert!(!tmp.path().join("somewhere").exists());
+    }
+}
+
+#[tokio::test]
+async fn an_existing_wal_link_in_dest_is_kept_and_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let dest = tmp.path().join("dest");
+    fs::create_dir_all(&wal).unwrap();
+    fs::create_dir_all(&dest).unwrap();
+    symlink(&wal, dest.join("pg_wal")).unwrap();
+    let seg = "pg_wal/000000010000000000000003";
+    // A backup of a cluster whose pg_wal was a link, and of one where it was
+    // a directory: either way the operator's link stays and the offline
+    // backup's segments land in it.
+    let with_link = raw_archive(&[
+        ("pg_wal", tar::EntryType::Symlink, "/original/pg_wal", b""),
+        (seg, tar::EntryType::Regular, "", b"segment"),
+    ]);
+    let with_dir = raw_archive(&[
+        ("pg_wal/", tar::EntryType::Directory, "", b""),
+        (seg, tar::EntryType::Regular, "", b"segment2"),
+    ]);
+    for (archive, data) in [(with_link, &b"segment"[..]), (with_dir, &b"segment2"[..])] {
+        extract(bytes_stream(archive), &dest, ExtractOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(fs::read_link(dest.join("pg_wal")).unwrap(), wal);
+        assert_eq!(
+            fs::read(wal.join("000000010000000000000003")).unwrap(),
+            data
+        );
+    }
+    assert!(!Path::new("/original").exists());
+    // Other top-level links are still not written through.
+    symlink(&wal, dest.join("pg_wal2")).unwrap();
+    let archive = raw_archive(&[("pg_wal2/x", tar::EntryType::Regular, "", b"x")]);
+    let err = extract(bytes_stream(archive), &dest, ExtractOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExtractError::Unsafe { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_wal_symlink_entry_and_wal_segments_extract_in_either_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let link = (
+        "pg_wal",
+        tar::EntryType::Symlink,
+        "/original/pg_wal",
+        &b""[..],
+    );
+    let seg = (
+        "pg_wal/000000010000000000000003",
+        tar::EntryType::Regular,
+        "",
+        &b"segment"[..],
+    );
+    for (i, entries) in [[link, seg], [seg, link]].iter().enumerate() {
+        let dest = tmp.path().join(format!("dest{i}"));
+        extract(
+            bytes_stream(raw_archive(entries)),
+            &dest,
+            ExtractOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(fs::symlink_metadata(dest.join("pg_wal")).unwrap().is_dir());
+        assert_eq!(
+            fs::read(dest.join("pg_wal/000000010000000000000003")).unwrap(),
+            b"segment"
+        );
+    }
+}
+
+/// An offline backup of a cluster whose pg_wal is a symlink: the planned
+/// partition holds the link, the final one the segments under `pg_wal/`.
+#[tokio::test]
+async fn an_offline_backup_with_a_wal_symlink_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let wal = tmp.path().join("wal");
+    let seg = "000000010000000000000003";
+    put(&data.join("PG_VERSION"), b"15\n");
+    put(&data.join("global/pg_control"), &control_file());
+    put(&wal.join(seg), b"segment");
+    symlink(&wal, data.join("pg_wal")).unwrap();
+    let mut plan = plan(&data, &Limits::default()).unwrap();
+    plan.partitions
+        .push(offline_final_partition(&data, 1, &[seg.to_string()]).unwrap());
+    let dest = tmp.path().join("dest");
+    for archive in archive_of(&plan).await {
+        extract(bytes_stream(archive), &dest, ExtractOptions::default())
+            .await
+            .unwrap();
+    }
+    assert!(fs::symlink_metadata(dest.join("pg_wal")).unwrap().is_dir());
+    assert_eq!(fs::read(dest.join("pg_wal").join(seg)).unwrap(), b"segment");
+    assert_eq!(
+        fs::read(dest.join("global/pg_control")).unwrap(),
+        control_file()
+    );
+    assert_eq!(tree(&wal), [wal.join(seg)]);
 }
 
 #[tokio::test]
