@@ -22,7 +22,8 @@ use crate::ByteStream;
 #[derive(Debug, Clone, Default)]
 pub struct ExtractOptions {
     /// Symlinks the restore set up (e.g. `pg_tblspc/16400`) through which
-    /// extraction may write. Every other symlink is never followed.
+    /// extraction may write. Apart from these and an existing top-level
+    /// `pg_wal`/`pg_xlog` link, symlinks are never followed.
     pub tablespace_links: Vec<String>,
     /// chown to the archive's uid/gid (only meaningful as root).
     pub restore_owner: bool,
@@ -59,6 +60,13 @@ fn io_err(path: &Path, source: io::Error) -> ExtractError {
     }
 }
 
+/// Top-level WAL directories: never restored as symlinks (see [`extract`]).
+const WAL_DIRS: [&str; 2] = ["pg_wal", "pg_xlog"];
+
+fn is_wal_dir(comps: &[&OsStr]) -> bool {
+    matches!(comps, [only] if WAL_DIRS.iter().any(|d| OsStr::new(d) == *only))
+}
+
 /// Buffer for reading the stream and copying file data.
 const CHUNK: usize = 128 * 1024;
 /// Directories are always created private: restored data is, and PostgreSQL
@@ -79,6 +87,13 @@ const DIR_MODE: u32 = 0o700;
 /// written through, so extracting a partition again over itself works. A
 /// directory entry where a symlink already is (say an operator's `pg_wal`
 /// link) leaves the symlink alone.
+///
+/// A symlink entry named `pg_wal` or `pg_xlog` at the top is not restored:
+/// it points at the backed-up server's WAL directory, which a restored
+/// server on the same host would then recycle. It is treated as a directory
+/// entry instead, and an existing top-level `pg_wal`/`pg_xlog` link that
+/// leads to a directory (the operator's choice of WAL location) is written
+/// through like a tablespace link.
 ///
 /// After the end-of-archive blocks the rest of the stream is read and
 /// discarded, so a corrupt compressed or encrypted trailer still fails.
@@ -273,6 +288,20 @@ impl Extractor {
         if is_dir {
             return self.directory(&path, &parent, &meta);
         }
+        if kind.is_symlink() && is_wal_dir(&comps) {
+            let target = entry.link_name_bytes().unwrap_or_default();
+            tracing::info!(
+                target: "wal_e.tar_extract",
+                detail = %format!(
+                    "The backup's {shown} is a symlink to \"{}\", the original server's WAL; \
+                     {} is made a directory instead, or kept if a directory or a link to one is already there.",
+                    String::from_utf8_lossy(&target),
+                    path.display()
+                ),
+                "not restoring the WAL directory symlink"
+            );
+            return self.directory(&path, &parent, &meta);
+        }
         if self.links.contains(&rel) {
             // The restore made this tablespace link from the spec; the
             // archive does not get to replace it.
@@ -317,8 +346,9 @@ impl Extractor {
 
     /// Walks `comps` under the destination, checking each existing component
     /// with `lstat`: directories pass, symlinks only if they are tablespace
-    /// links leading to a directory. Missing ones are created (0700) when
-    /// `create`. Returns the path of the last.
+    /// links or the top-level `pg_wal`/`pg_xlog` and lead to a directory.
+    /// Missing ones are created (0700) when `create`. Returns the path of the
+    /// last.
     fn prepare_parent(
         &mut self,
         name: &str,
@@ -333,7 +363,9 @@ impl Extractor {
                 match fs::symlink_metadata(&path) {
                     Ok(md) if md.is_dir() => break,
                     Ok(md) if md.file_type().is_symlink() => {
-                        if !self.links.contains(&join_rel(&comps[..=i])) {
+                        let allowed = self.links.contains(&join_rel(&comps[..=i]))
+                            || is_wal_dir(&comps[..=i]);
+                        if !allowed {
                             return Err(ExtractError::Unsafe {
                                 name: name.to_string(),
                                 reason: "it would be written through a symlink",
@@ -344,9 +376,7 @@ impl Extractor {
                             Ok(_) => {
                                 return Err(io_err(
                                     &path,
-                                    io::Error::other(
-                                        "the tablespace link leads to a non-directory",
-                                    ),
+                                    io::Error::other("the link leads to a non-directory"),
                                 ));
                             }
                             Err(e) => return Err(io_err(&path, e)),

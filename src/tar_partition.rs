@@ -129,6 +129,20 @@ pub enum TarError {
     /// data.
     #[error("cannot archive {}: its name is not valid UTF-8", path.display())]
     NonUtf8Name { path: PathBuf },
+    /// `global/pg_control` failed its checks on every read: archiving it
+    /// would make a backup whose restore cannot start.
+    #[error(
+        "{} did not pass its checks (CRC-32C checksum, version, WAL segment size) \
+         in {attempts} reads: {}{}",
+        path.display(),
+        source.msg,
+        source.detail.as_deref().map(|d| format!(". {d}")).unwrap_or_default()
+    )]
+    ControlFile {
+        path: PathBuf,
+        attempts: u32,
+        source: crate::error::UserError,
+    },
 }
 
 fn walk_err(path: &Path, source: io::Error) -> TarError {
@@ -456,11 +470,12 @@ fn partition_members(members: Vec<Member>, limits: &Limits) -> Result<Vec<Partit
 
 /// The final partition, built after `pg_backup_stop`: `backup_label` and (if
 /// non-empty) `tablespace_map` as in-memory members at the tar root, then
-/// `global/pg_control` read from disk (it must be copied last). Numbered
+/// `global/pg_control` (it must be copied last), read into memory once its
+/// CRC-32C checks out, retried a few times against torn reads. Numbered
 /// after the planned ones.
 ///
-/// The in-memory files get mode 0600, the owner of the cluster directory and
-/// the current time, as PostgreSQL's own copies would.
+/// `backup_label` and `tablespace_map` get mode 0600, the owner of the
+/// cluster directory and the current time, as PostgreSQL's own copies would.
 pub fn final_partition(
     cluster_dir: &Path,
     number: u32,
@@ -492,9 +507,9 @@ pub fn final_partition(
 
 /// The final partition of a backup of a stopped cluster (`--while-offline`):
 /// the WAL segments its last checkpoint needs, from `pg_wal` (`pg_xlog`
-/// before PostgreSQL 10), then `global/pg_control`. Without those segments
-/// the restore could not start: a clean shutdown leaves the segment holding
-/// its checkpoint unarchived.
+/// before PostgreSQL 10), then `global/pg_control`, checked as in
+/// [`final_partition`]. Without those segments the restore could not start:
+/// a clean shutdown leaves the segment holding its checkpoint unarchived.
 pub fn offline_final_partition(
     cluster_dir: &Path,
     number: u32,
@@ -521,23 +536,70 @@ pub fn offline_final_partition(
     Ok(Partition { number, members })
 }
 
+/// How many times `pg_control` is read before a copy that fails its checks
+/// fails the backup.
+const CONTROL_READS: u32 = 10;
+/// The pause between those reads: long enough for the server to finish the
+/// write it was caught in.
+const CONTROL_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// `global/pg_control`, which must exist: its absence fails the backup.
+///
+/// A running server rewrites the file in place, so a plain copy can be torn
+/// and the restored cluster would refuse to start ("incorrect checksum in
+/// control file"). It is read into memory and checked (CRC-32C, version,
+/// segment size), and read again while the check fails: a torn read can
+/// garble any field, not only the CRC. The archived copy is then exactly the
+/// bytes that were checked.
 fn control_member(root: &Path) -> Result<Member, TarError> {
     let control = root.join("global").join("pg_control");
-    let md = fs::metadata(&control).map_err(|e| walk_err(&control, e))?;
-    if !md.is_file() {
-        return Err(walk_err(
-            &control,
-            io::Error::other("global/pg_control is not a regular file"),
-        ));
+    let mut attempt = 1;
+    loop {
+        let (md, bytes) = read_regular(&control)?;
+        match crate::postgres::parse_control_file(&bytes, "global/pg_control") {
+            Ok(_) => {
+                let mut member = member_from(
+                    "global/pg_control".to_string(),
+                    control,
+                    &md,
+                    MemberKind::Data(Bytes::from(bytes)),
+                );
+                member.source = None;
+                return Ok(member);
+            }
+            Err(source) if attempt >= CONTROL_READS => {
+                return Err(TarError::ControlFile {
+                    path: control,
+                    attempts: attempt,
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::debug!(
+                    target: "wal_e.tar_partition",
+                    attempt,
+                    detail = ?e.detail,
+                    "{}; reading pg_control again",
+                    e.msg
+                );
+                std::thread::sleep(CONTROL_RETRY_PAUSE);
+                attempt += 1;
+            }
+        }
     }
-    let size = md.len();
-    Ok(member_from(
-        "global/pg_control".to_string(),
-        control,
-        &md,
-        MemberKind::File { size },
-    ))
+}
+
+/// The metadata and contents of a regular file, from one open.
+fn read_regular(path: &Path) -> Result<(fs::Metadata, Vec<u8>), TarError> {
+    let mut file = File::open(path).map_err(|e| walk_err(path, e))?;
+    let md = file.metadata().map_err(|e| walk_err(path, e))?;
+    if !md.is_file() {
+        return Err(walk_err(path, io::Error::other("not a regular file")));
+    }
+    let mut bytes = Vec::with_capacity(md.len() as usize);
+    file.read_to_end(&mut bytes)
+        .map_err(|e| walk_err(path, e))?;
+    Ok((md, bytes))
 }
 
 /// Size of the chunks the stream yields and of the file read buffer.

@@ -13,10 +13,24 @@ use futures_util::stream::{self, StreamExt};
 use wal_e::ByteStream;
 use wal_e::tar_extract::{ExtractError, ExtractOptions, extract};
 use wal_e::tar_partition::{
-    Limits, Member, MemberKind, Partition, Plan, TarError, final_partition, plan, write_partition,
+    Limits, Member, MemberKind, Partition, Plan, TarError, final_partition,
+    offline_final_partition, plan, write_partition,
 };
 
 const OLD: u64 = 1_500_000_000;
+
+/// A `pg_control` of PostgreSQL 13 to 16 (`pg_control_version` 1300: 16 MiB
+/// segments at offset 228, the CRC-32C of the first 288 bytes at 288) that
+/// passes `parse_control_file`.
+fn control_file() -> Vec<u8> {
+    let mut b = vec![0u8; 8192];
+    b[0..8].copy_from_slice(&0x1234_5678_9ABC_DEF0u64.to_ne_bytes());
+    b[8..12].copy_from_slice(&1300u32.to_ne_bytes());
+    b[228..232].copy_from_slice(&(16u32 << 20).to_ne_bytes());
+    let crc = crc32c::crc32c(&b[..288]);
+    b[288..292].copy_from_slice(&crc.to_ne_bytes());
+    b
+}
 
 fn put(path: &Path, data: &[u8]) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -74,7 +88,7 @@ fn fixture() -> Fixture {
     put(&data.join("base/1/pg_stat_tmp/junk"), b"temp");
     put(&data.join("base/1/.wal-e/junk"), b"temp");
     put(&data.join("global/1262"), &vec![1u8; 8192]);
-    put(&data.join("global/pg_control"), &vec![2u8; 8192]);
+    put(&data.join("global/pg_control"), &control_file());
     put(&data.join("pg_wal/000000010000000000000001"), b"wal");
     fs::create_dir_all(data.join("pg_wal/archive_status")).unwrap();
     put(&data.join("pg_log/postgresql.log"), b"log");
@@ -633,7 +647,7 @@ async fn the_final_partition_has_label_map_and_pg_control_last() {
     );
     assert_eq!(entries["backup_label"].mode, 0o600);
     assert_eq!(entries["tablespace_map"].data, b"16400 /srv/ts\n");
-    assert_eq!(entries["global/pg_control"].data, vec![2u8; 8192]);
+    assert_eq!(entries["global/pg_control"].data, control_file());
     assert_eq!(gnu_tar_list(&archive).len(), 3);
 
     let no_map = final_partition(&fx.data, 1, "label", Some("")).unwrap();
@@ -648,6 +662,89 @@ async fn the_final_partition_has_label_map_and_pg_control_last() {
     );
     fs::remove_file(fx.data.join("global/pg_control")).unwrap();
     assert!(final_partition(&fx.data, 1, "label", None).is_err());
+}
+
+/// The pg_control member is the checked copy in memory, with the file's
+/// metadata, in both kinds of final partition.
+#[test]
+fn pg_control_is_archived_from_the_copy_that_was_checked() {
+    let fx = fixture();
+    let path = fx.data.join("global/pg_control");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    set_mtime(&path, OLD);
+    let md = fs::metadata(&path).unwrap();
+    let online = final_partition(&fx.data, 1, "label", None).unwrap();
+    let offline = offline_final_partition(&fx.data, 1, &[]).unwrap();
+    for p in [online, offline] {
+        let m = p.members.last().unwrap();
+        assert_eq!(m.name, "global/pg_control");
+        assert_eq!(
+            m.kind,
+            MemberKind::Data(Bytes::from(fs::read(&path).unwrap()))
+        );
+        assert_eq!(m.source, None);
+        assert_eq!(
+            (m.mode, m.uid, m.gid, m.mtime),
+            (0o640, md.uid(), md.gid(), OLD)
+        );
+    }
+}
+
+#[test]
+fn a_pg_control_failing_its_crc_fails_the_final_partition() {
+    let fx = fixture();
+    let path = fx.data.join("global/pg_control");
+    let mut bad = control_file();
+    bad[40] ^= 0x01;
+    fs::write(&path, &bad).unwrap();
+    let started = std::time::Instant::now();
+    let err = final_partition(&fx.data, 1, "label", None).unwrap_err();
+    assert!(
+        matches!(err, TarError::ControlFile { attempts: 10, .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("checksum"), "{msg}");
+    assert!(
+        msg.contains("The CRC-32C of \"global/pg_control\" is"),
+        "{msg}"
+    );
+    // It was read again a few times before giving up, but not for long.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let err = offline_final_partition(&fx.data, 1, &[]).unwrap_err();
+    assert!(matches!(err, TarError::ControlFile { .. }), "{err:?}");
+}
+
+/// A read that catches the server rewriting pg_control is retried: once the
+/// file is whole again, the whole copy is archived.
+#[test]
+fn a_torn_pg_control_read_is_retried() {
+    let fx = fixture();
+    let path = fx.data.join("global/pg_control");
+    // The new checkpoint location, but still the old CRC.
+    let mut torn = control_file();
+    torn[32..40].copy_from_slice(&0x0300_0028u64.to_ne_bytes());
+    fs::write(&path, &torn).unwrap();
+    let fixer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(250));
+            let tmp = path.with_extension("new");
+            fs::write(&tmp, control_file()).unwrap();
+            fs::rename(&tmp, &path).unwrap();
+        })
+    };
+    let p = final_partition(&fx.data, 1, "label", None).unwrap();
+    fixer.join().unwrap();
+    assert_eq!(
+        p.members.last().unwrap().kind,
+        MemberKind::Data(Bytes::from(control_file()))
+    );
 }
 
 fn bytes_stream(data: Vec<u8>) -> ByteStream {
@@ -746,7 +843,12 @@ async fn extract_round_trips_a_planned_data_directory() {
         assert_eq!(mtime(&dest.join("PG_VERSION")), OLD as i64);
         assert_eq!(mtime(&dest.join("global/1262")), OLD as i64 + 2);
         assert_eq!(fs::read_dir(dest.join("pg_wal")).unwrap().count(), 0);
-        assert_eq!(fs::read_link(dest.join("pg_xlog")).unwrap(), fx.wal_target);
+        // The pg_xlog symlink is archived but restored as an empty
+        // directory, never as a link to the original server's WAL.
+        let pg_xlog = fs::symlink_metadata(dest.join("pg_xlog")).unwrap();
+        assert!(pg_xlog.is_dir());
+        assert_eq!(pg_xlog.mode() & 0o7777, 0o700);
+        assert_eq!(fs::read_dir(dest.join("pg_xlog")).unwrap().count(), 0);
         assert_eq!(
             fs::read_link(dest.join("danglinglink")).unwrap(),
             PathBuf::from("/nonexistent/wal-e-test")
@@ -1006,6 +1108,142 @@ async fn a_pre_existing_symlink_in_dest_is_refused_unless_listed() {
         fs::symlink_metadata(outside.join("PG_15")).unwrap().mode() & 0o777,
         0o700
     );
+}
+
+#[tokio::test]
+async fn a_top_level_wal_symlink_is_restored_as_an_empty_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("somewhere/else");
+    let elsewhere = elsewhere.to_str().unwrap();
+    let dest = tmp.path().join("dest");
+    let archive = raw_archive(&[
+        ("pg_wal", tar::EntryType::Symlink, elsewhere, b""),
+        ("./pg_xlog", tar::EntryType::Symlink, elsewhere, b""),
+        ("deep/pg_wal", tar::EntryType::Symlink, elsewhere, b""),
+    ]);
+    for _ in 0..2 {
+        extract(
+            bytes_stream(archive.clone()),
+            &dest,
+            ExtractOptions::default(),
+        )
+        .await
+        .unwrap();
+        for dir in ["pg_wal", "pg_xlog"] {
+            let md = fs::symlink_metadata(dest.join(dir)).unwrap();
+            assert!(md.is_dir(), "{dir}");
+            assert_eq!(md.mode() & 0o7777, 0o700, "{dir}");
+            assert_eq!(fs::read_dir(dest.join(dir)).unwrap().count(), 0, "{dir}");
+        }
+        // Only the top level is special.
+        assert_eq!(
+            fs::read_link(dest.join("deep/pg_wal")).unwrap(),
+            PathBuf::from(elsewhere)
+        );
+        assert!(!tmp.path().join("somewhere").exists());
+    }
+}
+
+#[tokio::test]
+async fn an_existing_wal_link_in_dest_is_kept_and_written_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let dest = tmp.path().join("dest");
+    fs::create_dir_all(&wal).unwrap();
+    fs::create_dir_all(&dest).unwrap();
+    symlink(&wal, dest.join("pg_wal")).unwrap();
+    let seg = "pg_wal/000000010000000000000003";
+    // A backup of a cluster whose pg_wal was a link, and of one where it was
+    // a directory: either way the operator's link stays and the offline
+    // backup's segments land in it.
+    let with_link = raw_archive(&[
+        ("pg_wal", tar::EntryType::Symlink, "/original/pg_wal", b""),
+        (seg, tar::EntryType::Regular, "", b"segment"),
+    ]);
+    let with_dir = raw_archive(&[
+        ("pg_wal/", tar::EntryType::Directory, "", b""),
+        (seg, tar::EntryType::Regular, "", b"segment2"),
+    ]);
+    for (archive, data) in [(with_link, &b"segment"[..]), (with_dir, &b"segment2"[..])] {
+        extract(bytes_stream(archive), &dest, ExtractOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(fs::read_link(dest.join("pg_wal")).unwrap(), wal);
+        assert_eq!(
+            fs::read(wal.join("000000010000000000000003")).unwrap(),
+            data
+        );
+    }
+    assert!(!Path::new("/original").exists());
+    // Other top-level links are still not written through.
+    symlink(&wal, dest.join("pg_wal2")).unwrap();
+    let archive = raw_archive(&[("pg_wal2/x", tar::EntryType::Regular, "", b"x")]);
+    let err = extract(bytes_stream(archive), &dest, ExtractOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ExtractError::Unsafe { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_wal_symlink_entry_and_wal_segments_extract_in_either_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let link = (
+        "pg_wal",
+        tar::EntryType::Symlink,
+        "/original/pg_wal",
+        &b""[..],
+    );
+    let seg = (
+        "pg_wal/000000010000000000000003",
+        tar::EntryType::Regular,
+        "",
+        &b"segment"[..],
+    );
+    for (i, entries) in [[link, seg], [seg, link]].iter().enumerate() {
+        let dest = tmp.path().join(format!("dest{i}"));
+        extract(
+            bytes_stream(raw_archive(entries)),
+            &dest,
+            ExtractOptions::default(),
+        )
+        .await
+        .unwrap();
+        assert!(fs::symlink_metadata(dest.join("pg_wal")).unwrap().is_dir());
+        assert_eq!(
+            fs::read(dest.join("pg_wal/000000010000000000000003")).unwrap(),
+            b"segment"
+        );
+    }
+}
+
+/// An offline backup of a cluster whose pg_wal is a symlink: the planned
+/// partition holds the link, the final one the segments under `pg_wal/`.
+#[tokio::test]
+async fn an_offline_backup_with_a_wal_symlink_restores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let wal = tmp.path().join("wal");
+    let seg = "000000010000000000000003";
+    put(&data.join("PG_VERSION"), b"15\n");
+    put(&data.join("global/pg_control"), &control_file());
+    put(&wal.join(seg), b"segment");
+    symlink(&wal, data.join("pg_wal")).unwrap();
+    let mut plan = plan(&data, &Limits::default()).unwrap();
+    plan.partitions
+        .push(offline_final_partition(&data, 1, &[seg.to_string()]).unwrap());
+    let dest = tmp.path().join("dest");
+    for archive in archive_of(&plan).await {
+        extract(bytes_stream(archive), &dest, ExtractOptions::default())
+            .await
+            .unwrap();
+    }
+    assert!(fs::symlink_metadata(dest.join("pg_wal")).unwrap().is_dir());
+    assert_eq!(fs::read(dest.join("pg_wal").join(seg)).unwrap(), b"segment");
+    assert_eq!(
+        fs::read(dest.join("global/pg_control")).unwrap(),
+        control_file()
+    );
+    assert_eq!(tree(&wal), [wal.join(seg)]);
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use crate::pipeline::{self, EncryptionKeys, RateLimiter};
 use crate::postgres::{self, ConnectParams, Session};
 use crate::progress::{self, Progress};
 use crate::storage::{PutOptions, PutPayload, StoreError};
-use crate::tar_partition::{self, Limits, Partition, Plan};
+use crate::tar_partition::{self, Limits, Partition, Plan, TarError};
 
 pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
     let cluster_dir = absolute(&args.cluster_dir)?;
@@ -74,13 +74,13 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
         }
     };
     drop(session);
-    let last = tar_partition::final_partition(
+    let last = final_partition(
         &cluster_dir,
         count,
         &stop.backup_label,
         stop.tablespace_map.as_deref(),
     )
-    .map_err(|e| UserError::new("could not read global/pg_control").detail(e.to_string()))?;
+    .await?;
     let last_bytes = last.data_bytes();
     uploader.upload_all(vec![last]).await?;
     uploader.progress.finish();
@@ -136,14 +136,17 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
     let version = format!("PostgreSQL {}", pg_version.trim());
     let (uploader, spec, expanded_size_bytes, count) =
         upload_data(ctx, &name, args, cluster_dir, version, encrypt_to).await?;
-    let last = tar_partition::offline_final_partition(
-        cluster_dir,
-        count,
-        &checkpoint_wal(cluster_dir, &control),
-    )
+    let (dir, wal) = (
+        cluster_dir.to_path_buf(),
+        checkpoint_wal(cluster_dir, &control),
+    );
+    let last = tokio::task::spawn_blocking(move || {
+        tar_partition::offline_final_partition(&dir, count, &wal)
+    })
+    .await
+    .map_err(CommandError::unexpected)?
     .map_err(|e| {
-        UserError::new("could not read the stopped cluster's WAL or pg_control")
-            .detail(e.to_string())
+        final_partition_error("could not read the stopped cluster's WAL or pg_control", e)
     })?;
     let last_bytes = last.data_bytes();
     uploader.upload_all(vec![last]).await?;
@@ -322,6 +325,40 @@ async fn plan(cluster_dir: &Path) -> Result<Plan, CommandError> {
                 .detail(e.to_string())
                 .into()
         })
+}
+
+/// On a blocking thread: reading pg_control may pause between retries.
+async fn final_partition(
+    cluster_dir: &Path,
+    number: u32,
+    label: &str,
+    map: Option<&str>,
+) -> Result<Partition, CommandError> {
+    let (dir, label, map) = (
+        cluster_dir.to_path_buf(),
+        label.to_string(),
+        map.map(str::to_string),
+    );
+    tokio::task::spawn_blocking(move || {
+        tar_partition::final_partition(&dir, number, &label, map.as_deref())
+    })
+    .await
+    .map_err(CommandError::unexpected)?
+    .map_err(|e| final_partition_error("could not read global/pg_control", e).into())
+}
+
+/// A pg_control that never passed its checks keeps the control file's own
+/// hint (the file is damaged or was being written; do not back it up).
+fn final_partition_error(msg: &str, e: TarError) -> UserError {
+    let hint = match &e {
+        TarError::ControlFile { source, .. } => source.hint.clone(),
+        _ => None,
+    };
+    let err = UserError::new(msg).detail(e.to_string());
+    match hint {
+        Some(hint) => err.hint(hint),
+        None => err,
+    }
 }
 
 async fn put_small(
