@@ -311,12 +311,20 @@ fn bench_backup(scratch: &Path, scale: u32) {
     let dir = scratch.join(format!("backup-{scale}"));
     std::fs::create_dir_all(&dir).unwrap();
     pg::make_traversable(&dir);
+    let store = dir.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    pg::chown_to_postgres(&store);
     let cluster = pg::Cluster::init(&dir, "data");
+    // backup-push needs the WAL archived to the same prefix.
+    cluster.append_conf(&format!(
+        "archive_mode = on\narchive_command = 'env WALE_FILE_PREFIX=file://localhost{} {} wal-push %p'\n",
+        store.display(),
+        env!("CARGO_BIN_EXE_wal-e")
+    ));
     cluster.start();
     cluster.pgbench_init(scale);
     cluster.psql("CHECKPOINT");
     let bytes = dir_bytes(&cluster.data_dir);
-    let store = dir.join("store");
     let mut push = Command::new(env!("CARGO_BIN_EXE_wal-e"));
     push.args(["--terse", "backup-push"])
         .arg(&cluster.data_dir)
