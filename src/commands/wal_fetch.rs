@@ -84,10 +84,20 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
     log_state(ctx, "wal-fetch", &url, name, "begin", "begin wal restore");
 
     // A complete prefetched copy is promoted by a rename.
-    let prefetched = dirs.ready(name);
-    let result = if segment.is_some() && prefetched.is_file() {
-        promote(&prefetched, dest)
-            .map_err(|e| fetch_failed(&url, &format!("promoting the prefetched copy: {e}")))
+    // Another wal-fetch on the same directory may take it first: then
+    // download as if there had been none.
+    let promoted = match segment.map(|_| promote(&dirs.ready(name), dest)) {
+        Some(Ok(())) => true,
+        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(fetch_failed(
+                &url,
+                &format!("promoting the prefetched copy: {e}"),
+            ));
+        }
+        _ => false,
+    };
+    let result = if promoted {
+        Ok(())
     } else {
         let decrypt_with = ctx.decryption_keys().await.map_err(unavailable)?;
         download_with_retries(ctx, &key, dest, &dirs.staging(), decrypt_with).await
@@ -159,8 +169,13 @@ pub async fn run_prefetch(ctx: &Context, args: &WalPrefetchArgs) -> CmdResult {
             .await
             .map_err(|e| UserError::new(e.to_string()))?;
         // Complete and durable: publish it under its name, atomically.
-        temp.persist(dirs.ready(seg))
-            .map_err(|e| UserError::new(e.to_string()))?;
+        // Never replace a copy another prefetch published (or wal-fetch is
+        // about to promote); an identical one is simply dropped.
+        match temp.persist_noclobber(dirs.ready(seg)) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(UserError::new(e.error.to_string())),
+        }
         sync_dir(&dirs.root()).map_err(|e| UserError::new(e.to_string()))?;
         Ok::<(), UserError>(())
     }
@@ -356,11 +371,19 @@ fn start_prefetches(ctx: &Context, dirs: &PrefetchDirs, upcoming: &[SegmentName]
     }
     for seg in upcoming {
         let name = seg.to_string();
-        if dirs.ready(&name).exists() {
+        // Claim first (an exclusive mkdir), then look: a prefetch that
+        // finished in between is then seen and not started again.
+        let claim = {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dirs.running(&name))
+        };
+        if claim.is_err() {
             continue;
         }
-        let claim = std::fs::DirBuilder::new().create(dirs.running(&name));
-        if claim.is_err() {
+        if dirs.ready(&name).exists() {
+            let _ = std::fs::remove_dir(dirs.running(&name));
             continue;
         }
         let spawned = std::process::Command::new(&exe)
