@@ -11,6 +11,8 @@ declare -A wanted=(
   [/usr/lib/llvm-14/lib/libclang.so]=libclang-dev  # bindgen for nettle-sys
   [lzop]=lzop                                    # compatibility tests
   [gpg]=gnupg                                    # compatibility tests
+  [/usr/lib/postgresql/15/bin/postgres]=postgresql-15  # test clusters (with contrib: amcheck)
+  [npm]=npm                                      # other PostgreSQL majors for tests
 )
 
 missing=()
