@@ -10,40 +10,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::cli::wal_e_bin;
-use common::pg::{Cluster, PgBin, chown_to_postgres, make_traversable};
+use common::cli::{PgScratch, wal_e_bin};
+use common::pg::{Cluster, PgBin, chown_to_postgres};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
-struct Setup {
-    tmp: tempfile::TempDir,
+/// A scratch directory with a store and two tablespace locations.
+struct Setup(PgScratch);
+
+impl std::ops::Deref for Setup {
+    type Target = PgScratch;
+    fn deref(&self) -> &PgScratch {
+        &self.0
+    }
 }
 
 impl Setup {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        make_traversable(tmp.path());
-        for dir in ["store", "tblspc", "tblspc-restored"] {
-            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
-            chown_to_postgres(&tmp.path().join(dir));
-        }
-        Setup { tmp }
-    }
-
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn prefix(&self) -> String {
-        format!("file://localhost{}", self.path().join("store").display())
-    }
-
-    fn wal_e_env(&self) -> String {
-        format!(
-            "env WALE_FILE_PREFIX={} WALE_LOG_DESTINATION=stderr {}",
-            self.prefix(),
-            wal_e_bin().display()
-        )
+        Setup(PgScratch::new(&["tblspc", "tblspc-restored"]))
     }
 
     /// Runs wal-e as root (the test's user) against the cluster's socket.

@@ -360,6 +360,7 @@ fn killing_wal_fetch_midway_leaves_no_file_at_the_destination() {
             name,
             target.to_str().unwrap(),
         ])
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     // Wait (bounded) until the download is visibly under way, then kill -9.

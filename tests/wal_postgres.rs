@@ -3,46 +3,27 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::cli::{lzop_decompress, wal_e_bin};
-use common::pg::{Cluster, chown_to_postgres, make_traversable};
+use common::cli::{PgScratch, lzop_decompress};
+use common::pg::Cluster;
 use wal_e::layout::SegmentName;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// A test directory the `postgres` user can work in, with a store inside it.
-struct Setup {
-    tmp: tempfile::TempDir,
+/// A scratch directory with a store and a `side/` directory for plain copies.
+struct Setup(PgScratch);
+
+impl std::ops::Deref for Setup {
+    type Target = PgScratch;
+    fn deref(&self) -> &PgScratch {
+        &self.0
+    }
 }
 
 impl Setup {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        make_traversable(tmp.path());
-        std::fs::create_dir_all(tmp.path().join("store")).unwrap();
-        std::fs::create_dir_all(tmp.path().join("side")).unwrap();
-        chown_to_postgres(&tmp.path().join("store"));
-        chown_to_postgres(&tmp.path().join("side"));
-        Setup { tmp }
-    }
-
-    fn path(&self) -> &Path {
-        self.tmp.path()
-    }
-
-    fn store(&self) -> PathBuf {
-        self.path().join("store")
-    }
-
-    /// `env … wal-e`, as an archive or restore command would start it.
-    fn wal_e(&self) -> String {
-        format!(
-            "env WALE_FILE_PREFIX=file://localhost{} WALE_LOG_DESTINATION=stderr {}",
-            self.store().display(),
-            wal_e_bin().display()
-        )
+        Setup(PgScratch::new(&["side"]))
     }
 
     fn archiving_cluster(&self, name: &str, side_copy: bool) -> Cluster {
@@ -54,7 +35,7 @@ impl Setup {
         };
         cluster.append_conf(&format!(
             "archive_mode = on\narchive_command = '{side}{} wal-push %p'\nwal_keep_size = '4GB'\n",
-            self.wal_e()
+            self.wal_e_env()
         ));
         cluster.start();
         cluster
@@ -138,7 +119,7 @@ fn recovery_through_wal_fetch_reaches_the_end_of_the_archive() {
     let restored = Cluster::existing(restored_dir);
     restored.append_conf(&format!(
         "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
-        setup.wal_e()
+        setup.wal_e_env()
     ));
     restored.touch("recovery.signal");
     restored.start();

@@ -98,3 +98,43 @@ pub fn fake_segment(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A scratch directory the `postgres` user can enter, holding a file://
+/// store in `store/` and any other subdirectories it must own (archive
+/// copies, tablespaces), for tests where PostgreSQL runs wal-e itself.
+pub struct PgScratch {
+    tmp: tempfile::TempDir,
+}
+
+impl PgScratch {
+    pub fn new(dirs: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        super::pg::make_traversable(tmp.path());
+        for dir in std::iter::once(&"store").chain(dirs) {
+            std::fs::create_dir_all(tmp.path().join(dir)).unwrap();
+            super::pg::chown_to_postgres(&tmp.path().join(dir));
+        }
+        PgScratch { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.path().join("store")
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("file://localhost{}", self.store().display())
+    }
+
+    /// `env … wal-e`, as archive_command or restore_command starts it.
+    pub fn wal_e_env(&self) -> String {
+        format!(
+            "env WALE_FILE_PREFIX={} WALE_LOG_DESTINATION=stderr {}",
+            self.prefix(),
+            wal_e_bin().display()
+        )
+    }
+}
