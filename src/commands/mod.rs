@@ -10,7 +10,7 @@ pub mod wal_push;
 use std::sync::Arc;
 
 use crate::cli::{Command, GlobalArgs};
-use crate::config::Settings;
+use crate::config::{ProcessEnv, Settings};
 use crate::error::{CmdResult, UserError};
 use crate::layout::Layout;
 use crate::pipeline::{DecryptionKeys, EncryptionKeys};
@@ -61,7 +61,7 @@ impl Context {
 }
 
 pub async fn dispatch(command: Command, settings: Settings, global: GlobalArgs) -> CmdResult {
-    let store = storage::open(&settings)?;
+    let store = storage::open(&settings, &ProcessEnv).await?;
     let ctx = Context::new(settings, store, global);
     match command {
         Command::BackupPush(args) => backup_push::run(&ctx, &args).await,

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use crate::ByteStream;
-use crate::config::{Scheme, Settings};
+use crate::config::{Env, Scheme, Settings};
 use crate::error::UserError;
 
 pub use file::FileStore;
@@ -207,7 +207,11 @@ pub trait Store: Send + Sync + fmt::Debug {
 }
 
 /// Opens the store a prefix names, with WAL-E's retry behaviour around it.
-pub fn open(settings: &Settings) -> Result<Arc<dyn Store>, UserError> {
+///
+/// Each backend reads its own settings (endpoints, credentials) from `env`;
+/// secrets never come from the command line.
+pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, UserError> {
+    let _ = env;
     let policy = RetryPolicy::from_retries(settings.retries);
     match settings.prefix.scheme {
         Scheme::File => Ok(Arc::new(RetryingStore::new(

@@ -1,10 +1,13 @@
 //! Shared test harness.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod backend;
 pub mod cli;
 pub mod conformance;
 pub mod gpg;
 pub mod pg;
+pub mod scenarios;
+pub mod server;
 pub mod store_fixture;
 
 /// Peak resident set size of this process, from /proc (kB).
