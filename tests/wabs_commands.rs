@@ -20,9 +20,43 @@ fn wal_push_and_fetch_with_a_sas_token_only() {
     scenarios::wal_push_and_fetch(&WabsBackend::with_sas());
 }
 
+/// The backup cycle, then the content types WAL-E gave each kind of blob:
+/// application/json sentinels, text/plain extended_version.txt,
+/// application/octet-stream for data.
 #[test]
 fn backup_cycle() {
-    scenarios::backup_cycle(&WabsBackend::with_key());
+    let backend = WabsBackend::with_key();
+    scenarios::backup_cycle(&backend);
+    let blobs = backend.content_types(&backend.last_container());
+    for kind in [
+        "_backup_stop_sentinel.json",
+        "/extended_version.txt",
+        ".tar.lzo",
+    ] {
+        assert!(
+            blobs.iter().any(|(name, _)| name.ends_with(kind)),
+            "a {kind} blob in {blobs:?}"
+        );
+    }
+    assert!(
+        blobs
+            .iter()
+            .any(|(name, _)| name.starts_with("db1/wal_005/"))
+    );
+    for (name, ctype) in &blobs {
+        assert!(
+            !name.starts_with('/'),
+            "WAL-E's WABS names have no leading slash: {name}"
+        );
+        let want = if name.ends_with(".json") {
+            "application/json"
+        } else if name.ends_with(".txt") {
+            "text/plain"
+        } else {
+            "application/octet-stream"
+        };
+        assert_eq!(ctype, want, "content type of {name}");
+    }
 }
 
 fn assert_fails(env: &BackendEnv, args: &[&str], code: i32, needles: &[&str]) -> Output {

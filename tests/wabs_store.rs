@@ -108,6 +108,29 @@ async fn large_uploads_are_staged_blocks_with_the_content_type_and_create_only_h
         digest(pattern_stream(len, 42)).await.unwrap()
     );
 
+    // An empty create-only put commits an empty block list, once.
+    let empty = "db1/wal_005/00000002.history.lzo";
+    store
+        .put(
+            empty,
+            PutPayload::from_bytes(""),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.head(empty).await.unwrap().size, 0);
+    let again = store
+        .put(
+            empty,
+            PutPayload::from_bytes("x"),
+            &PutOptions::create_only(),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(StoreError::AlreadyExists { .. })),
+        "{again:?}"
+    );
+
     // Data without a declared type is application/octet-stream, as WAL-E
     // stored it; small objects are one Put Blob.
     store

@@ -158,6 +158,8 @@ impl Azurite {
 pub struct WabsBackend {
     azurite: &'static Azurite,
     sas_only: bool,
+    /// The containers handed out, in order.
+    containers: std::sync::Mutex<Vec<String>>,
 }
 
 impl WabsBackend {
@@ -166,6 +168,7 @@ impl WabsBackend {
         WabsBackend {
             azurite: azurite(),
             sas_only: false,
+            containers: Default::default(),
         }
     }
 
@@ -174,11 +177,47 @@ impl WabsBackend {
         WabsBackend {
             azurite: azurite(),
             sas_only: true,
+            containers: Default::default(),
         }
     }
 
     pub fn azurite(&self) -> &'static Azurite {
         self.azurite
+    }
+
+    /// The container of the last prefix handed out.
+    pub fn last_container(&self) -> String {
+        self.containers
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a prefix was handed out")
+    }
+
+    /// (blob name, content type) of every blob in `container`, as the
+    /// service lists them (one page is enough for the tests).
+    pub fn content_types(&self, container: &str) -> Vec<(String, String)> {
+        let (status, _, body) = self.azurite.request(
+            reqwest::Method::GET,
+            &format!("{container}?restype=container&comp=list"),
+        );
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, 200, "{body}");
+        let field = |blob: &str, tag: &str| {
+            let start = blob.find(&format!("<{tag}>"))? + tag.len() + 2;
+            let end = start + blob[start..].find(&format!("</{tag}>"))?;
+            Some(blob[start..end].to_string())
+        };
+        body.split("<Blob>")
+            .skip(1)
+            .map(|blob| {
+                (
+                    field(blob, "Name").expect("a name"),
+                    field(blob, "Content-Type").unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 }
 
@@ -189,6 +228,7 @@ impl TestBackend for WabsBackend {
 
     fn fresh_prefix(&self) -> BackendEnv {
         let container = self.azurite.new_container();
+        self.containers.lock().unwrap().push(container.clone());
         let (cred_name, cred) = if self.sas_only {
             ("WABS_SAS_TOKEN", good_sas())
         } else {
