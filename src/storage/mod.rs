@@ -24,7 +24,7 @@ use crate::error::UserError;
 
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
-pub use wabs::{BLOCK_SIZE as WABS_BLOCK_SIZE, WabsConfig, WabsStore};
+pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

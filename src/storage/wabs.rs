@@ -51,7 +51,7 @@ use crate::error::UserError;
 pub const BLOCK_SIZE: usize = 4 * 1024 * 1024;
 /// Blocks of one upload in flight at once; with the block being filled this
 /// bounds an upload's memory to `(UPLOAD_CONCURRENCY + 1) * BLOCK_SIZE`.
-pub const UPLOAD_CONCURRENCY: usize = 4;
+const UPLOAD_CONCURRENCY: usize = 4;
 /// Ranged GETs of one download in flight (the SDK buffers twice as many).
 const DOWNLOAD_CONCURRENCY: usize = 4;
 /// Deletes in flight at once.
@@ -139,16 +139,16 @@ impl Policy for SasPolicy {
 
 /// Settings of the `wabs://` store, from the prefix and the environment.
 #[derive(Debug, Clone)]
-pub struct WabsConfig {
-    pub account: String,
-    pub container: String,
+struct WabsConfig {
+    account: String,
+    container: String,
     /// The blob service URL, without a trailing slash.
-    pub endpoint: Url,
+    endpoint: Url,
     auth: Auth,
 }
 
 impl WabsConfig {
-    pub fn from_env(settings: &Settings, env: &dyn Env) -> Result<WabsConfig, UserError> {
+    fn from_env(settings: &Settings, env: &dyn Env) -> Result<WabsConfig, UserError> {
         let nonempty = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
         let account = settings
             .wabs_account_name
@@ -271,7 +271,7 @@ fn describe(err: &azure_core::Error) -> String {
     scrub(&text)
 }
 
-pub struct WabsStore {
+pub(super) struct WabsStore {
     container: BlobContainerClient,
     account: String,
     container_name: String,
@@ -286,7 +286,7 @@ impl fmt::Debug for WabsStore {
 }
 
 impl WabsStore {
-    pub fn new(config: WabsConfig) -> Result<WabsStore, UserError> {
+    fn new(config: WabsConfig) -> Result<WabsStore, UserError> {
         super::tls::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -652,7 +652,7 @@ impl WabsStore {
 }
 
 /// Opens the store of a `wabs://` prefix.
-pub fn open(settings: &Settings, env: &dyn Env) -> Result<WabsStore, UserError> {
+pub(super) fn open(settings: &Settings, env: &dyn Env) -> Result<WabsStore, UserError> {
     WabsStore::new(WabsConfig::from_env(settings, env)?)
 }
 
