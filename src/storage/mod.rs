@@ -6,6 +6,8 @@
 
 mod file;
 mod retry;
+pub mod tls;
+mod wabs;
 
 use std::fmt;
 use std::io;
@@ -22,6 +24,7 @@ use crate::error::UserError;
 
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
+pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -211,11 +214,14 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// Each backend reads its own settings (endpoints, credentials) from `env`;
 /// secrets never come from the command line.
 pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, UserError> {
-    let _ = env;
     let policy = RetryPolicy::from_retries(settings.retries);
     match settings.prefix.scheme {
         Scheme::File => Ok(Arc::new(RetryingStore::new(
             FileStore::new("/", format!("/{}", settings.prefix.path)),
+            policy,
+        ))),
+        Scheme::Wabs => Ok(Arc::new(RetryingStore::new(
+            wabs::open(settings, env)?,
             policy,
         ))),
         Scheme::Gs => Err(
@@ -228,6 +234,6 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             other.as_str()
         ))
         .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file:// prefixes only.")),
+        .hint("This version supports file:// and wabs:// prefixes.")),
     }
 }
