@@ -8,6 +8,7 @@ mod file;
 mod retry;
 mod swift;
 pub mod tls;
+mod wabs;
 
 use std::fmt;
 use std::io;
@@ -25,6 +26,7 @@ use crate::error::UserError;
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
 pub use swift::{AuthVersion, Credentials, Interface, SwiftSettings, SwiftStore};
+pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -220,6 +222,10 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             FileStore::new("/", format!("/{}", settings.prefix.path)),
             policy,
         ))),
+        Scheme::Wabs => Ok(Arc::new(RetryingStore::new(
+            wabs::open(settings, env)?,
+            policy,
+        ))),
         Scheme::Swift => Ok(Arc::new(RetryingStore::new(
             SwiftStore::new(SwiftSettings::from_env(&settings.prefix.store_name, env)?)?,
             policy,
@@ -234,6 +240,6 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             other.as_str()
         ))
         .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file:// and swift:// prefixes.")),
+        .hint("This version supports file://, wabs:// and swift:// prefixes.")),
     }
 }

@@ -1,8 +1,11 @@
-//! One TLS stack for every HTTP client: rustls with the ring provider.
+//! TLS for the HTTP clients: rustls with the `ring` provider only.
 
-/// Installs ring as the process-wide rustls crypto provider; idempotent, call
-/// before building any HTTP client.
+/// Installs `ring` as the process-wide rustls crypto provider, once. Call it
+/// before building any HTTP client; later calls do nothing.
 pub fn ensure_crypto_provider() {
-    // Err means a provider is already installed, which is all we need.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Fails only if a provider is already installed, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
