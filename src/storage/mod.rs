@@ -6,6 +6,7 @@
 
 mod file;
 mod retry;
+mod swift;
 pub mod tls;
 mod wabs;
 
@@ -24,6 +25,7 @@ use crate::error::UserError;
 
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
+pub use swift::{AuthVersion, Credentials, Interface, SwiftSettings, SwiftStore};
 pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -224,6 +226,10 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             wabs::open(settings, env)?,
             policy,
         ))),
+        Scheme::Swift => Ok(Arc::new(RetryingStore::new(
+            SwiftStore::new(SwiftSettings::from_env(&settings.prefix.store_name, env)?)?,
+            policy,
+        ))),
         Scheme::Gs => Err(
             UserError::new("Google Cloud Storage (gs://) is not supported")
                 .detail(format!("The storage prefix is {}.", settings.prefix.url))
@@ -234,6 +240,6 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             other.as_str()
         ))
         .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file:// and wabs:// prefixes.")),
+        .hint("This version supports file://, wabs:// and swift:// prefixes.")),
     }
 }

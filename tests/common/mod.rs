@@ -10,6 +10,7 @@ pub mod pg;
 pub mod scenarios;
 pub mod server;
 pub mod store_fixture;
+pub mod swift;
 
 /// Peak resident set size of this process, from /proc (kB).
 pub fn peak_rss_kb() -> u64 {
