@@ -5,6 +5,7 @@
 //! Where we deliberately differ from WAL-E (README, "Deliberate
 //! differences from WAL-E"), both behaviours are asserted.
 
+use std::cell::Cell;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -42,6 +43,7 @@ struct Stage {
     ours: Side,
     wal_e: Side,
     _key: Option<SharedKey>,
+    last_backup: Cell<Option<Instant>>,
     tmp: tempfile::TempDir,
 }
 
@@ -65,6 +67,7 @@ impl Stage {
             ours,
             wal_e,
             _key: key,
+            last_backup: Cell::new(None),
             tmp,
         };
         let launcher = stage.side(archiver).launcher(stage.tmp.path());
@@ -93,11 +96,17 @@ impl Stage {
 
     /// A base backup of the primary with `tool`'s backup-push, after a
     /// CHECKPOINT (WAL-E's start of backup waits for a spread checkpoint).
+    /// Backups finish at least a second apart: LATEST is the backup whose
+    /// sentinel is the newest, and Azure keeps whole seconds.
     fn backup_push(&self, tool: Tool) {
+        if let Some(previous) = self.last_backup.get() {
+            std::thread::sleep(Duration::from_secs(1).saturating_sub(previous.elapsed()));
+        }
         self.primary.psql("CHECKPOINT");
         let data_dir = self.primary.data_dir.to_str().unwrap();
         let started = Instant::now();
         self.side(tool).ok(&["backup-push", data_dir]);
+        self.last_backup.set(Some(Instant::now()));
         eprintln!(
             "{}: {} backup-push took {:.1?}",
             self.what,
