@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages that building and testing wal-e need, on
-# Debian 12, and Azurite from npm. Idempotent: does nothing when everything
-# is present.
+# Debian 12, Azurite from npm and the real WAL-E 1.1.1 from PyPI.
+# Idempotent: does nothing when everything is present.
 set -euo pipefail
 
 # command-or-file to look for -> Debian package that provides it
@@ -12,6 +12,8 @@ declare -A wanted=(
   [/usr/lib/llvm-14/lib/libclang.so]=libclang-dev  # bindgen for nettle-sys
   [lzop]=lzop                                    # compatibility tests
   [gpg]=gnupg                                    # compatibility tests
+  [pv]=pv                                        # the real WAL-E needs it
+  [/usr/lib/python3.11/ensurepip/__init__.py]=python3-venv  # its virtualenv
   [/usr/lib/postgresql/15/bin/postgres]=postgresql-15  # test clusters (with contrib: amcheck)
   [npm]=npm                                      # other PostgreSQL majors for tests
   [swift-proxy-server]=swift-proxy               # Swift all-in-one for tests
@@ -43,3 +45,6 @@ fi
 
 # The Azure Storage emulator for the wabs:// tests (npm, cached).
 "$(dirname "$0")/install-azurite.sh" >/dev/null
+
+# The real WAL-E 1.1.1 for the interoperability tests (PyPI, cached).
+"$(dirname "$0")/install-wal-e.sh" >/dev/null

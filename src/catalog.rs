@@ -396,12 +396,27 @@ pub fn format_last_modified(scheme: Scheme, at: DateTime<Utc>) -> String {
         Scheme::S3 => "%Y-%m-%dT%H:%M:%S%.3fZ",
         // str() of an aware datetime; the services keep whole seconds.
         Scheme::Wabs | Scheme::Gs => "%Y-%m-%d %H:%M:%S+00:00",
-        // file: datetime.utcfromtimestamp().isoformat(); Swift's listing
-        // string has the same shape. Always six fractional digits (Python
+        // file: datetime.utcfromtimestamp(st_mtime).isoformat(), rounded
+        // as Python rounded it; Swift's listing string has the same shape
+        // (and whole microseconds). Always six fractional digits (Python
         // dropped them when they were all zero).
-        Scheme::File | Scheme::Swift => "%Y-%m-%dT%H:%M:%S%.6f",
+        Scheme::File => return python_mtime(at).format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        Scheme::Swift => "%Y-%m-%dT%H:%M:%S%.6f",
     };
     at.format(format).to_string()
+}
+
+/// A file's modification time as WAL-E's file backend saw it, to the
+/// microsecond: `os.stat` gives `st_mtime` as a float (seconds plus
+/// nanoseconds times 1e-9) and `datetime.utcfromtimestamp` rounds that to
+/// the nearest microsecond, ties to even. Truncating the nanoseconds
+/// instead printed a microsecond less than WAL-E about half the time.
+fn python_mtime(at: DateTime<Utc>) -> DateTime<Utc> {
+    let float = at.timestamp() as f64 + f64::from(at.timestamp_subsec_nanos()) * 1e-9;
+    let seconds = float.trunc();
+    let micros = ((float - seconds) * 1e6).round_ties_even();
+    DateTime::from_timestamp(seconds as i64, 0).unwrap_or(at)
+        + chrono::Duration::microseconds(micros as i64)
 }
 
 /// `last_modified` for `--json`: RFC 3339, UTC, microseconds.
@@ -580,5 +595,42 @@ mod tests {
             "2014-04-30T23:02:38.000000"
         );
         assert_eq!(rfc3339(at), "2014-04-30T23:02:38.734649Z");
+    }
+
+    /// WAL-E 1.1.1 printed a file's `st_mtime` float rounded to the
+    /// microsecond (checked against it: `tests/interop_wal_e.rs`).
+    #[test]
+    fn file_last_modified_rounds_like_python() {
+        let second = Utc.with_ymd_and_hms(2026, 11, 24, 15, 23, 9).unwrap();
+        let at = |nanos: i64| second + chrono::Duration::nanoseconds(nanos);
+        // Each as Python 3.11 prints
+        // datetime.utcfromtimestamp(1795533789 + nanos * 1e-9).isoformat()
+        assert_eq!(
+            format_last_modified(Scheme::File, at(613_305_700)),
+            "2026-11-24T15:23:09.613306"
+        );
+        assert_eq!(
+            format_last_modified(Scheme::File, at(613_305_300)),
+            "2026-11-24T15:23:09.613305"
+        );
+        // Near the middle the float decides (its steps are ~0.24 µs here).
+        assert_eq!(
+            format_last_modified(Scheme::File, at(613_305_499)),
+            "2026-11-24T15:23:09.613306"
+        );
+        // 1795533789.734649 is a little below .734649 as a float.
+        assert_eq!(
+            format_last_modified(Scheme::File, at(734_649_000)),
+            "2026-11-24T15:23:09.734649"
+        );
+        assert_eq!(
+            format_last_modified(Scheme::File, at(999_999_800)),
+            "2026-11-24T15:23:10.000000"
+        );
+        // Swift's listing has whole microseconds: printed as it came.
+        assert_eq!(
+            format_last_modified(Scheme::Swift, at(613_305_700)),
+            "2026-11-24T15:23:09.613305"
+        );
     }
 }

@@ -26,6 +26,13 @@ pub trait TestBackend {
     /// service: the `WALE_*_PREFIX` variable and the endpoint and credential
     /// variables. Each call names a new prefix.
     fn fresh_prefix(&self) -> BackendEnv;
+
+    /// The variables the real WAL-E 1.1.1 (`wal_e_py.rs`) needs for `env`,
+    /// a prefix this backend handed out: the same ones, since wal-e reads
+    /// WAL-E's. A backend overrides this only where WAL-E needs more.
+    fn wal_e_py_env(&self, env: &BackendEnv) -> BackendEnv {
+        env.clone()
+    }
 }
 
 /// The environment of one prefix on one backend.

@@ -6,11 +6,13 @@ pub mod backend;
 pub mod cli;
 pub mod conformance;
 pub mod gpg;
+pub mod interop;
 pub mod pg;
 pub mod scenarios;
 pub mod server;
 pub mod store_fixture;
 pub mod swift;
+pub mod wal_e_py;
 
 /// Peak resident set size of this process, from /proc (kB).
 pub fn peak_rss_kb() -> u64 {
