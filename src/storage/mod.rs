@@ -6,6 +6,7 @@
 
 mod file;
 mod retry;
+pub mod s3;
 
 use std::fmt;
 use std::io;
@@ -211,11 +212,14 @@ pub trait Store: Send + Sync + fmt::Debug {
 /// Each backend reads its own settings (endpoints, credentials) from `env`;
 /// secrets never come from the command line.
 pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, UserError> {
-    let _ = env;
     let policy = RetryPolicy::from_retries(settings.retries);
     match settings.prefix.scheme {
         Scheme::File => Ok(Arc::new(RetryingStore::new(
             FileStore::new("/", format!("/{}", settings.prefix.path)),
+            policy,
+        ))),
+        Scheme::S3 => Ok(Arc::new(RetryingStore::new(
+            s3::S3Store::open(settings, env).await?,
             policy,
         ))),
         Scheme::Gs => Err(
@@ -228,6 +232,6 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             other.as_str()
         ))
         .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file:// prefixes only.")),
+        .hint("This version supports file:// and s3:// prefixes.")),
     }
 }

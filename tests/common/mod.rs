@@ -6,6 +6,7 @@ pub mod cli;
 pub mod conformance;
 pub mod gpg;
 pub mod pg;
+pub mod s3;
 pub mod scenarios;
 pub mod server;
 pub mod store_fixture;
