@@ -7,7 +7,7 @@
 //! own runtimes. Threads end with the test process; the server's data
 //! directory is removed then by a small reaper process (see `server.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::TcpListener;
@@ -255,6 +255,10 @@ pub struct Faults {
     pub bucket_region: Mutex<Option<String>>,
     pub requests: AtomicU64,
     pub failed: AtomicU64,
+    /// Requests that asked for server-side encryption.
+    pub sse_requests: AtomicU64,
+    /// The regions requests were signed for.
+    pub signing_regions: Mutex<BTreeSet<String>>,
     pub conditional_rejected: AtomicU64,
 }
 
@@ -285,6 +289,23 @@ impl FaultProxy {
             let client = client.clone();
             Box::pin(async move {
                 let n = faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                if req.headers().contains_key("x-amz-server-side-encryption") {
+                    faults.sse_requests.fetch_add(1, Ordering::SeqCst);
+                }
+                // Credential=AKID/20260101/REGION/s3/aws4_request
+                if let Some(region) = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split("Credential=").nth(1))
+                    .and_then(|c| c.split('/').nth(2))
+                {
+                    faults
+                        .signing_regions
+                        .lock()
+                        .unwrap()
+                        .insert(region.to_string());
+                }
                 let every = faults.fail_every.load(Ordering::SeqCst);
                 if every > 0 && n % every == 0 {
                     let k = faults.failed.fetch_add(1, Ordering::SeqCst);

@@ -39,7 +39,6 @@ use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{
     CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, ServerSideEncryption,
 };
-use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -98,7 +97,7 @@ impl std::error::Error for S3Failure {}
 fn hint_for(code: &str) -> Option<&'static str> {
     Some(match code {
         "SignatureDoesNotMatch" => "check AWS_SECRET_ACCESS_KEY",
-        "InvalidAccessKeyId" => "check AWS_ACCESS_KEY_ID or -k",
+        "InvalidAccessKeyId" | "NotSignedUp" => "check AWS_ACCESS_KEY_ID or -k",
         "InvalidToken" | "ExpiredToken" | "TokenRefreshRequired" => {
             "check AWS_SECURITY_TOKEN / AWS_SESSION_TOKEN"
         }
@@ -200,12 +199,12 @@ where
             error: S3Failure {
                 status: None,
                 code: None,
-                message: DisplayErrorContext(&err).to_string(),
+                message: error_chain(&err),
                 hint: None,
             },
         },
         SdkError::DispatchFailure(dispatch) => {
-            let message = DisplayErrorContext(&err).to_string();
+            let message = error_chain(&err);
             Failure {
                 class: if dispatch.is_user() {
                     Class::Permanent
@@ -221,7 +220,7 @@ where
             }
         }
         _ => {
-            let message = DisplayErrorContext(&err).to_string();
+            let message = error_chain(&err);
             Failure {
                 class: Class::Permanent,
                 error: S3Failure {
@@ -238,9 +237,24 @@ where
 /// Credential-provider failures (the metadata service) surface as dispatch
 /// or construction failures; say where the credentials were looked for.
 fn credentials_hint(message: &str) -> Option<&'static str> {
-    message.contains("credentials").then_some(
+    message.to_ascii_lowercase().contains("credential").then_some(
         "the credentials could not be loaded; with --aws-instance-profile they come from the EC2 instance metadata service",
     )
+}
+
+/// An error and its sources, one after the other ("a: b: c").
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
 }
 
 fn last_modified(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
@@ -786,7 +800,7 @@ fn body_stream(key: String, body: SdkByteStream) -> ByteStream {
                     Err(io::Error::from(StoreError::transient(
                         "get",
                         &key,
-                        DisplayErrorContext(&e).to_string(),
+                        error_chain(&e),
                     ))),
                     None,
                 )),
@@ -805,7 +819,8 @@ impl Store for S3Store {
         options: &PutOptions,
     ) -> Result<(), StoreError> {
         if options.mode == PutMode::Create {
-            match self.head_object(key).await {
+            // Through `head`: a missing bucket is reported before any upload.
+            match self.head(key).await {
                 Ok(_) => {
                     return Err(StoreError::AlreadyExists {
                         key: key.to_string(),
