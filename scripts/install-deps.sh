@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages that building and testing wal-e need, on
-# Debian 12. Idempotent: does nothing when everything is present.
+# Debian 12, and Azurite from npm. Idempotent: does nothing when everything
+# is present.
 set -euo pipefail
 
 # command-or-file to look for -> Debian package that provides it
@@ -24,14 +25,16 @@ for probe in "${!wanted[@]}"; do
   fi
 done
 
-if ((${#missing[@]} == 0)); then
-  exit 0
+if ((${#missing[@]} > 0)); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "install-deps: missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [[ $(id -u) != 0 ]]; then
-  echo "install-deps: missing packages: ${missing[*]} (run as root, or apt-get install them)" >&2
-  exit 1
-fi
-echo "install-deps: installing ${missing[*]}" >&2
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# The Azure Storage emulator for the wabs:// tests (npm, cached).
+"$(dirname "$0")/install-azurite.sh" >/dev/null

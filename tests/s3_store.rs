@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::TryStreamExt;
 use md5::{Digest, Md5};
-use wal_e::storage::s3::PART_SIZE;
+use wal_e::storage::S3_PART_SIZE as PART_SIZE;
 use wal_e::storage::{PutOptions, PutPayload, StoreError};
 
 use common::backend::TestBackend;

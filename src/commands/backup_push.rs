@@ -444,9 +444,13 @@ impl<'a> Uploader<'a> {
                 pipeline::encode(tar.boxed(), 0, 0, encrypt_to.as_ref())
             })
         };
+        let options = PutOptions {
+            content_type: Some("application/octet-stream"),
+            ..Default::default()
+        };
         self.ctx
             .store
-            .put(&key, payload, &PutOptions::default())
+            .put(&key, payload, &options)
             .await
             .map_err(|e| {
                 UserError::new("could not upload a base backup volume")

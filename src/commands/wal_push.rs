@@ -209,11 +209,11 @@ async fn push_one(
             pipeline::encode(file_stream(path.clone()), mtime, mode, encrypt_to.as_ref())
         })
     };
-    let outcome = match ctx
-        .store
-        .put(&key, payload, &PutOptions::create_only())
-        .await
-    {
+    let options = PutOptions {
+        content_type: Some("application/octet-stream"),
+        ..PutOptions::create_only()
+    };
+    let outcome = match ctx.store.put(&key, payload, &options).await {
         Ok(()) => Outcome::Uploaded,
         Err(StoreError::AlreadyExists { .. }) => {
             if !archived_copy_matches(ctx, &key, &file.path).await? {

@@ -6,7 +6,9 @@
 
 mod file;
 mod retry;
-pub mod s3;
+mod s3;
+pub mod tls;
+mod wabs;
 
 use std::fmt;
 use std::io;
@@ -23,6 +25,8 @@ use crate::error::UserError;
 
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
+pub use s3::PART_SIZE as S3_PART_SIZE;
+pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -222,6 +226,10 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             s3::S3Store::open(settings, env).await?,
             policy,
         ))),
+        Scheme::Wabs => Ok(Arc::new(RetryingStore::new(
+            wabs::open(settings, env)?,
+            policy,
+        ))),
         Scheme::Gs => Err(
             UserError::new("Google Cloud Storage (gs://) is not supported")
                 .detail(format!("The storage prefix is {}.", settings.prefix.url))
@@ -232,6 +240,6 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             other.as_str()
         ))
         .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file:// and s3:// prefixes.")),
+        .hint("This version supports file://, s3:// and wabs:// prefixes.")),
     }
 }

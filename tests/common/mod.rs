@@ -1,6 +1,7 @@
 //! Shared test harness.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod azurite;
 pub mod backend;
 pub mod cli;
 pub mod conformance;

@@ -51,7 +51,7 @@ use crate::ByteStream;
 use crate::config::{Env, Settings};
 use crate::error::UserError;
 
-pub use config::{CallingFormat, Endpoint, S3Config, Sse};
+use config::{S3Config, Sse};
 
 /// Size of each multipart part, and the largest object sent as one PUT.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
