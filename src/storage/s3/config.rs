@@ -271,11 +271,23 @@ impl S3Config {
     }
 }
 
-/// One HTTP client (rustls with ring) for S3 and the metadata service.
-pub fn http_client() -> SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+/// What the clients of one store share: the HTTP client (rustls with ring),
+/// also used for the metadata service, and the credentials provider, so that
+/// instance-profile credentials are fetched once.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    http: SharedHttpClient,
+    credentials: SharedCredentialsProvider,
+}
+
+impl Shared {
+    pub fn new(cfg: &S3Config) -> Result<Shared, UserError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let credentials = credentials_provider(&cfg.credentials, &http)?;
+        Ok(Shared { http, credentials })
+    }
 }
 
 fn credentials_provider(
@@ -305,16 +317,12 @@ fn credentials_provider(
 }
 
 /// The SDK client for `cfg` signing for `region`.
-pub fn client(
-    cfg: &S3Config,
-    region: &str,
-    http: &SharedHttpClient,
-) -> Result<aws_sdk_s3::Client, UserError> {
+pub fn client(cfg: &S3Config, region: &str, shared: &Shared) -> aws_sdk_s3::Client {
     let mut builder = aws_sdk_s3::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new(region.to_string()))
-        .credentials_provider(credentials_provider(&cfg.credentials, http)?)
-        .http_client(http.clone())
+        .credentials_provider(shared.credentials.clone())
+        .http_client(shared.http.clone())
         .retry_config(RetryConfig::standard().with_max_attempts(SDK_ATTEMPTS))
         .timeout_config(
             TimeoutConfig::builder()
@@ -341,7 +349,12 @@ pub fn client(
         (None, Some(url)) => builder = builder.endpoint_url(url),
         (None, None) => {}
     }
-    Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+    if cfg.endpoint.is_none() && cfg.bucket.contains('.') {
+        // As WAL-E: a dotted name breaks the TLS name check of
+        // <bucket>.s3.amazonaws.com, so such buckets are addressed by path.
+        builder = builder.force_path_style(true);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
 }
 
 #[cfg(test)]

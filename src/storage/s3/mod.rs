@@ -403,10 +403,7 @@ impl fmt::Debug for S3Store {
 
 /// The region to sign for: `AWS_REGION`, else the bucket's, asked of S3
 /// (`x-amz-bucket-region` on a HeadBucket, also on its error answers).
-async fn resolve_region(
-    cfg: &S3Config,
-    http: &aws_sdk_s3::config::SharedHttpClient,
-) -> Result<String, UserError> {
+async fn resolve_region(cfg: &S3Config, shared: &config::Shared) -> Result<String, UserError> {
     if let Some(region) = &cfg.region {
         return Ok(region.clone());
     }
@@ -414,7 +411,7 @@ async fn resolve_region(
         // S3-compatible servers accept any region, or expect the default.
         return Ok(DEFAULT_REGION.to_string());
     }
-    let probe = config::client(cfg, DEFAULT_REGION, http)?;
+    let probe = config::client(cfg, DEFAULT_REGION, shared);
     let found = match probe.head_bucket().bucket(&cfg.bucket).send().await {
         Ok(out) => out.bucket_region().map(str::to_string),
         Err(SdkError::ServiceError(e)) => e
@@ -449,10 +446,10 @@ impl S3Store {
     /// Opens the store from the settings in `env` (see [`S3Config`]).
     pub async fn open(settings: &Settings, env: &dyn Env) -> Result<S3Store, UserError> {
         let cfg = S3Config::from_env(settings, env)?;
-        let http = config::http_client();
-        let region = resolve_region(&cfg, &http).await?;
+        let shared = config::Shared::new(&cfg)?;
+        let region = resolve_region(&cfg, &shared).await?;
         tracing::debug!(bucket = %cfg.bucket, region = %region, "opening the S3 store");
-        let client = config::client(&cfg, &region, &http)?;
+        let client = config::client(&cfg, &region, &shared);
         Ok(S3Store {
             client,
             bucket: cfg.bucket,
