@@ -200,6 +200,17 @@ fn bad_settings_fail_clearly_with_exit_1() {
         );
     }
 
+    // The storage class is sent with every upload (s3s-fs knows two).
+    fails_with(
+        &env.with("WALE_S3_STORAGE_CLASS", "DEEP_FREEZE"),
+        &["wal-push", seg],
+        &["InvalidStorageClass", "WALE_S3_STORAGE_CLASS"],
+    );
+    let out = env
+        .with("WALE_S3_STORAGE_CLASS", "reduced_redundancy")
+        .run(&["wal-push", seg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
     fails_with(
         &env.with("WALE_S3_SSE", "maybe"),
         &["backup-list"],
