@@ -223,3 +223,19 @@ async fn a_missing_bucket_is_never_not_found() {
         assert!(err.to_string().contains("NoSuchBucket"), "{op}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_a_batch_delete_could_not_remove_are_reported() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let store = open_store(&env).await;
+    let keys: Vec<String> = (0..3).map(|i| format!("db1/wal_005/k{i}")).collect();
+    *proxy.faults.refuse_delete_of.lock().unwrap() = Some(keys[1].clone());
+    let err = store.delete_many(&keys).await.unwrap_err();
+    let StoreError::DeleteFailed { failures } = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].0, keys[1]);
+    assert!(failures[0].1.contains("AccessDenied"), "{failures:?}");
+}

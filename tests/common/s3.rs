@@ -251,6 +251,9 @@ pub struct Faults {
     pub reject_conditional: AtomicBool,
     /// Object HEADs are answered `404` without asking the server.
     pub hide_objects_from_head: AtomicBool,
+    /// DeleteObjects is answered, without deleting anything, with a
+    /// per-key `AccessDenied` for this key.
+    pub refuse_delete_of: Mutex<Option<String>>,
     /// Bucket HEADs are answered with this region header added.
     pub bucket_region: Mutex<Option<String>>,
     pub requests: AtomicU64,
@@ -327,6 +330,21 @@ impl FaultProxy {
                         StatusCode::NOT_IMPLEMENTED,
                         &[("content-type", "application/xml")],
                         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>",
+                    );
+                }
+                if req.method() == hyper::Method::POST
+                    && req
+                        .uri()
+                        .query()
+                        .is_some_and(|q| q.split('&').any(|p| p == "delete" || p == "delete="))
+                    && let Some(key) = faults.refuse_delete_of.lock().unwrap().clone()
+                {
+                    return full(
+                        StatusCode::OK,
+                        &[("content-type", "application/xml")],
+                        format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Error><Key>{key}</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error></DeleteResult>"
+                        ),
                     );
                 }
                 let head_bucket = req.method() == hyper::Method::HEAD && !is_object;

@@ -19,9 +19,16 @@
 //!   found" only once the bucket is known to exist (one HeadBucket per
 //!   process: a HEAD's 404 has no error code, and some servers say NoSuchKey
 //!   for a missing bucket), so wal-fetch never mistakes a missing bucket for
-//!   the end of the archive;
-//!   throttling, `5xx`, timeouts and broken connections are transient;
-//!   everything else (bad credentials, a missing bucket) is permanent.
+//!   the end of the archive. Throttling, `5xx`, timeouts and broken
+//!   connections are transient; everything else (bad credentials, a missing
+//!   bucket) is permanent.
+//! * Retries: the SDK's standard mode tries each request up to three times
+//!   (exponential backoff with jitter, longer for throttling, and a retry
+//!   quota per client that stops retrying when most requests fail), which
+//!   rides out a reset or a `SlowDown` inside one part of a multipart upload;
+//!   `RetryingStore` then retries whole operations with WAL-E's backoff, up
+//!   to `WALE_RETRIES` times. At most 3 × `WALE_RETRIES` requests per
+//!   operation, never a storm.
 
 mod config;
 
