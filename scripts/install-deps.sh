@@ -14,6 +14,11 @@ declare -A wanted=(
   [gpg]=gnupg                                    # compatibility tests
   [/usr/lib/postgresql/15/bin/postgres]=postgresql-15  # test clusters (with contrib: amcheck)
   [npm]=npm                                      # other PostgreSQL majors for tests
+  [swift-proxy-server]=swift-proxy               # Swift all-in-one for tests
+  [swift-object-server]=swift-object             #   (scripts/swift-aio.sh)
+  [swift-container-server]=swift-container
+  [swift-account-server]=swift-account
+  [memcached]=memcached                          #   TempAuth keeps tokens there
 )
 
 missing=()

@@ -305,10 +305,10 @@ fn a_failed_upload_leaves_no_sentinel_and_no_backup_in_progress() {
     // The backup's session is gone, so PostgreSQL aborted the backup: a new
     // one can start and finish at once.
     std::fs::remove_file(setup.path().join("store/basebackups_005")).unwrap();
-    assert_eq!(
-        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wal-e'"),
-        "0"
-    );
+    // The server ends the backend shortly after the client hangs up.
+    pg.wait_until("the backup's session to end", TIMEOUT, || {
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wal-e'") == "0"
+    });
     let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(setup.sentinels().len(), 1);

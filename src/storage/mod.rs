@@ -7,6 +7,7 @@
 mod file;
 mod retry;
 mod s3;
+mod swift;
 pub mod tls;
 mod wabs;
 
@@ -26,6 +27,7 @@ use crate::error::UserError;
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
 pub use s3::PART_SIZE as S3_PART_SIZE;
+pub use swift::{AuthVersion, Credentials, Interface, SwiftSettings, SwiftStore};
 pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -230,16 +232,14 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             wabs::open(settings, env)?,
             policy,
         ))),
+        Scheme::Swift => Ok(Arc::new(RetryingStore::new(
+            SwiftStore::new(SwiftSettings::from_env(&settings.prefix.store_name, env)?)?,
+            policy,
+        ))),
         Scheme::Gs => Err(
             UserError::new("Google Cloud Storage (gs://) is not supported")
                 .detail(format!("The storage prefix is {}.", settings.prefix.url))
                 .hint("Use an s3://, wabs://, swift:// or file:// prefix."),
         ),
-        other => Err(UserError::new(format!(
-            "the {}:// storage backend is not available yet",
-            other.as_str()
-        ))
-        .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file://, s3:// and wabs:// prefixes.")),
     }
 }

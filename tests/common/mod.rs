@@ -11,6 +11,7 @@ pub mod s3;
 pub mod scenarios;
 pub mod server;
 pub mod store_fixture;
+pub mod swift;
 
 /// Peak resident set size of this process, from /proc (kB).
 pub fn peak_rss_kb() -> u64 {
