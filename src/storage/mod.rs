@@ -6,6 +6,7 @@
 
 mod file;
 mod retry;
+mod s3;
 mod swift;
 pub mod tls;
 mod wabs;
@@ -25,6 +26,7 @@ use crate::error::UserError;
 
 pub use file::FileStore;
 pub use retry::{RetryPolicy, RetryingStore, retry};
+pub use s3::PART_SIZE as S3_PART_SIZE;
 pub use swift::{AuthVersion, Credentials, Interface, SwiftSettings, SwiftStore};
 pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
 
@@ -222,6 +224,10 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
             FileStore::new("/", format!("/{}", settings.prefix.path)),
             policy,
         ))),
+        Scheme::S3 => Ok(Arc::new(RetryingStore::new(
+            s3::S3Store::open(settings, env).await?,
+            policy,
+        ))),
         Scheme::Wabs => Ok(Arc::new(RetryingStore::new(
             wabs::open(settings, env)?,
             policy,
@@ -235,11 +241,5 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
                 .detail(format!("The storage prefix is {}.", settings.prefix.url))
                 .hint("Use an s3://, wabs://, swift:// or file:// prefix."),
         ),
-        other => Err(UserError::new(format!(
-            "the {}:// storage backend is not available yet",
-            other.as_str()
-        ))
-        .detail(format!("The storage prefix is {}.", settings.prefix.url))
-        .hint("This version supports file://, wabs:// and swift:// prefixes.")),
     }
 }

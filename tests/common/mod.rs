@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod gpg;
 pub mod interop;
 pub mod pg;
+pub mod s3;
 pub mod scenarios;
 pub mod server;
 pub mod store_fixture;

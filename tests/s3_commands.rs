@@ -1,0 +1,288 @@
+//! The commands against a local S3-compatible server (s3s-fs, SigV4
+//! checked): the backend-independent scenarios, instance-profile
+//! credentials, faults injected by a proxy, and bad settings.
+
+mod common;
+
+use std::process::Output;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::backend::{BackendEnv, TestBackend};
+use common::cli::{fake_segment, stderr};
+use common::pg::{Cluster, make_traversable};
+use common::s3::{FakeImds, FaultProxy, S3Backend, S3Server};
+use common::scenarios;
+
+/// A failing command must give up within this (WALE_RETRIES=2).
+const GIVE_UP_WITHIN: Duration = Duration::from_secs(60);
+
+#[test]
+fn wal_push_and_fetch() {
+    scenarios::wal_push_and_fetch(&S3Backend::new());
+}
+
+#[test]
+fn backup_cycle() {
+    scenarios::backup_cycle(&S3Backend::new());
+}
+
+fn push_and_fetch_one(env: &BackendEnv) -> (Output, Output) {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("000000010000000000000007");
+    let data = fake_segment(16 * 1024 * 1024, 7);
+    std::fs::write(&seg, &data).unwrap();
+    let push = env.run(&["wal-push", seg.to_str().unwrap()]);
+    let dest = dir.path().join("fetched");
+    let fetch = env.run(&[
+        "wal-fetch",
+        "--prefetch",
+        "0",
+        "000000010000000000000007",
+        dest.to_str().unwrap(),
+    ]);
+    if fetch.status.success() {
+        assert!(
+            std::fs::read(&dest).unwrap() == data,
+            "fetched bytes differ"
+        );
+    }
+    (push, fetch)
+}
+
+#[test]
+fn instance_profile_credentials_come_from_the_metadata_service() {
+    let imds = FakeImds::start();
+    let env = S3Backend::new()
+        .fresh_prefix()
+        .without("AWS_ACCESS_KEY_ID")
+        .without("AWS_SECRET_ACCESS_KEY")
+        .with("AWS_INSTANCE_PROFILE", "true")
+        .with(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            &format!("http://127.0.0.1:{}/", imds.port),
+        );
+    let (push, fetch) = push_and_fetch_one(&env);
+    assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
+    assert_eq!(
+        fetch.status.code(),
+        Some(0),
+        "wal-fetch: {}",
+        stderr(&fetch)
+    );
+    assert!(
+        imds.served.load(Ordering::SeqCst) >= 2,
+        "each process asked IMDS"
+    );
+
+    // Without the metadata service there are no credentials: a clear failure.
+    let dead = env.with(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+        &format!("http://127.0.0.1:{}/", common::server::free_port()),
+    );
+    let out = dead.with("WALE_RETRIES", "1").run(&["backup-list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("credentials could not be loaded"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn commands_ride_out_a_flaky_server() {
+    let proxy = FaultProxy::start();
+    proxy.faults.fail_every.store(3, Ordering::SeqCst);
+    let backend = S3Backend::via(proxy.port);
+    scenarios::wal_push_and_fetch(&backend);
+    scenarios::backup_cycle(&backend);
+    let failed = proxy.faults.failed.load(Ordering::SeqCst);
+    assert!(failed > 20, "only {failed} requests were spoiled");
+}
+
+#[test]
+fn a_server_that_always_fails_makes_commands_fail_in_bounded_time() {
+    let proxy = FaultProxy::start();
+    proxy.faults.fail_every.store(1, Ordering::SeqCst);
+    let env = S3Backend::via(proxy.port)
+        .fresh_prefix()
+        .with("WALE_RETRIES", "2");
+
+    let started = Instant::now();
+    let (push, fetch) = push_and_fetch_one(&env);
+    assert_eq!(push.status.code(), Some(1), "wal-push: {}", stderr(&push));
+    assert!(stderr(&push).contains("SlowDown") || stderr(&push).contains("connection"));
+    // Anything but an authoritative "not found" stops recovery.
+    assert_eq!(
+        fetch.status.code(),
+        Some(126),
+        "wal-fetch: {}",
+        stderr(&fetch)
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    make_traversable(tmp.path());
+    let pg = Cluster::init(tmp.path(), "primary");
+    pg.append_conf("archive_mode = on\narchive_command = '/bin/true'\n");
+    pg.start();
+    let out = env
+        .command(&["backup-push", pg.data_dir.to_str().unwrap()])
+        .envs(pg.env())
+        .output()
+        .unwrap();
+    pg.stop();
+    assert_ne!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    assert!(
+        started.elapsed() < 3 * GIVE_UP_WITHIN,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
+
+fn fails_with(env: &BackendEnv, args: &[&str], needles: &[&str]) {
+    let started = Instant::now();
+    let out = env.with("WALE_RETRIES", "2").run(args);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {text}");
+    assert!(text.contains("MSG: "), "{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "{args:?}: no {needle:?} in {text}");
+    }
+    assert!(
+        !text.contains(common::s3::SECRET_KEY),
+        "the secret is never shown"
+    );
+    assert!(
+        started.elapsed() < GIVE_UP_WITHIN,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn bad_settings_fail_clearly_with_exit_1() {
+    let env = S3Backend::new().fresh_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("000000010000000000000003");
+    std::fs::write(&seg, fake_segment(1024 * 1024, 3)).unwrap();
+    let seg = seg.to_str().unwrap();
+
+    let wrong_secret = env.with("AWS_SECRET_ACCESS_KEY", "not-the-secret");
+    fails_with(
+        &wrong_secret,
+        &["backup-list"],
+        &["SignatureDoesNotMatch", "AWS_SECRET_ACCESS_KEY"],
+    );
+    fails_with(&wrong_secret, &["wal-push", seg], &["403"]);
+
+    let unknown_key = env.with("AWS_ACCESS_KEY_ID", "AKIANOTAKNOWNKEY0000");
+    fails_with(
+        &unknown_key,
+        &["backup-list"],
+        &["403", "AWS_ACCESS_KEY_ID"],
+    );
+
+    let no_bucket = env.with("WALE_S3_PREFIX", "s3://no-such-bucket-anywhere/db1");
+    fails_with(&no_bucket, &["backup-list"], &["NoSuchBucket"]);
+    fails_with(&no_bucket, &["wal-push", seg], &["NoSuchBucket"]);
+
+    for endpoint in [
+        "127.0.0.1:9000",
+        "http://127.0.0.1:9000",
+        "http+path://h/x",
+        "https+dns://h",
+    ] {
+        let bad = env.with("WALE_S3_ENDPOINT", endpoint);
+        fails_with(
+            &bad,
+            &["backup-list"],
+            &["malformed WALE_S3_ENDPOINT", endpoint],
+        );
+    }
+
+    // The storage class is sent with every upload (s3s-fs knows two).
+    fails_with(
+        &env.with("WALE_S3_STORAGE_CLASS", "DEEP_FREEZE"),
+        &["wal-push", seg],
+        &["InvalidStorageClass", "WALE_S3_STORAGE_CLASS"],
+    );
+    let out = env
+        .with("WALE_S3_STORAGE_CLASS", "reduced_redundancy")
+        .run(&["wal-push", seg]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    fails_with(
+        &env.with("WALE_S3_SSE", "maybe"),
+        &["backup-list"],
+        &["WALE_S3_SSE"],
+    );
+    fails_with(
+        &env.without("AWS_SECRET_ACCESS_KEY"),
+        &["backup-list"],
+        &["AWS_SECRET_ACCESS_KEY is not set"],
+    );
+
+    // No WALE_S3_ENDPOINT and no AWS_REGION: the region is asked of "AWS"
+    // (here the local server, as AWS_ENDPOINT_URL_S3 says), which does not
+    // tell it.
+    let aws = env.without("WALE_S3_ENDPOINT").with(
+        "AWS_ENDPOINT_URL_S3",
+        &format!("http://127.0.0.1:{}", S3Server::shared().port),
+    );
+    fails_with(
+        &aws,
+        &["backup-list"],
+        &["could not find out the region", "AWS_REGION"],
+    );
+    // With AWS_REGION it works.
+    let out = aws.with("AWS_REGION", "eu-west-1").run(&["backup-list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn the_bucket_region_is_discovered_when_aws_region_is_unset() {
+    let proxy = FaultProxy::start();
+    *proxy.faults.bucket_region.lock().unwrap() = Some("eu-central-1".into());
+    let env = S3Backend::via(proxy.port)
+        .fresh_prefix()
+        .without("WALE_S3_ENDPOINT")
+        .with(
+            "AWS_ENDPOINT_URL_S3",
+            &format!("http://127.0.0.1:{}", proxy.port),
+        );
+    let (push, fetch) = push_and_fetch_one(&env);
+    assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
+    assert_eq!(
+        fetch.status.code(),
+        Some(0),
+        "wal-fetch: {}",
+        stderr(&fetch)
+    );
+    // The probe is signed for us-east-1, everything after for the bucket's region.
+    let regions = proxy.faults.signing_regions.lock().unwrap().clone();
+    assert_eq!(
+        regions.into_iter().collect::<Vec<_>>(),
+        ["eu-central-1", "us-east-1"]
+    );
+}
+
+#[test]
+fn sse_is_aes256_by_default_and_can_be_turned_off() {
+    for (setting, want_sse) in [(None, true), (Some("none"), false)] {
+        let proxy = FaultProxy::start();
+        let mut env = S3Backend::via(proxy.port).fresh_prefix();
+        if let Some(value) = setting {
+            env = env.with("WALE_S3_SSE", value);
+        }
+        let (push, fetch) = push_and_fetch_one(&env);
+        assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
+        assert_eq!(
+            fetch.status.code(),
+            Some(0),
+            "wal-fetch: {}",
+            stderr(&fetch)
+        );
+        let sse = proxy.faults.sse_requests.load(Ordering::SeqCst);
+        assert_eq!(sse > 0, want_sse, "{setting:?}: {sse} requests with SSE");
+    }
+}
