@@ -157,9 +157,10 @@ impl PutPayload {
         })
     }
 
-    /// A fresh stream of the whole body.
+    /// A fresh stream of the whole body. It is fused: polling it again after
+    /// its end returns the end again (the pipeline's stages would panic).
     pub fn open(&self) -> ByteStream {
-        (self.open)()
+        (self.open)().fuse().boxed()
     }
 }
 

@@ -274,6 +274,56 @@ pub async fn payload_errors_abort_the_put(store: &dyn Store, base: &str) {
     ));
 }
 
+/// A stream that panics when polled again after it ended, like the
+/// pipeline's `unfold` stages (streams need not be fused).
+struct Unfused {
+    inner: ByteStream,
+    ended: bool,
+}
+
+impl futures_util::Stream for Unfused {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        assert!(!self.ended, "payload stream polled after it ended");
+        let next = self.inner.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(None) = next {
+            self.ended = true;
+        }
+        next
+    }
+}
+
+/// Payloads whose streams must not be polled after their end are stored
+/// whole, below and above every backend's single-request size.
+pub async fn payload_streams_are_not_polled_after_their_end(store: &dyn Store, base: &str) {
+    for (len, mode) in [
+        (0, PutOptions::default()),
+        (1000, PutOptions::create_only()),
+        (9 << 20, PutOptions::default()),
+        (9 << 20, PutOptions::create_only()),
+    ] {
+        let key = format!("{base}unfused/{len}-{:?}", mode.mode);
+        let payload = PutPayload::from_fn(move || {
+            Unfused {
+                inner: pattern_stream(len, 6),
+                ended: false,
+            }
+            .boxed()
+        });
+        store.put(&key, payload, &mode).await.unwrap();
+        let got = store.get(&key).await.unwrap();
+        assert_eq!(
+            digest(got.stream).await.unwrap(),
+            digest(pattern_stream(len, 6)).await.unwrap(),
+            "{key}"
+        );
+    }
+}
+
 /// Runs every check; `base` is a fresh key prefix ending in `/`.
 pub async fn run_all(store: Arc<dyn Store>, base: &str) {
     round_trips_of_various_sizes(&*store, base).await;
@@ -282,5 +332,6 @@ pub async fn run_all(store: Arc<dyn Store>, base: &str) {
     listing_pages_through_many_keys(&*store, base).await;
     delete_many_is_idempotent(&*store, base).await;
     payload_errors_abort_the_put(&*store, base).await;
+    payload_streams_are_not_polled_after_their_end(&*store, base).await;
     interrupted_put_leaves_nothing_visible(store, base).await;
 }
