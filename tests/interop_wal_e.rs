@@ -13,6 +13,7 @@ mod common;
 use common::azurite::WabsBackend;
 use common::backend::FileBackend;
 use common::interop::{Encryption, wal_e_archives_we_restore, we_archive_wal_e_restores};
+use common::s3::S3Backend;
 use common::swift::{Auth, SwiftBackend};
 
 /// The four interoperability tests on one backend, in a module `$name`.
@@ -48,3 +49,4 @@ interop_on!(file, FileBackend::new());
 interop_on!(wabs, WabsBackend::with_key());
 // Keystone v2.0: WAL-E's default SWIFT_AUTH_VERSION.
 interop_on!(swift, SwiftBackend { auth: Auth::V2 });
+interop_on!(s3, S3Backend::new());
