@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use wal_e::storage::{
-    FileStore, PutOptions, PutPayload, RetryPolicy, RetryingStore, Store, StoreError,
-    SwiftSettings, SwiftStore,
+    PutOptions, PutPayload, RetryPolicy, RetryingStore, Store, StoreError, SwiftSettings,
+    SwiftStore,
 };
 
 use common::backend::BackendEnv;
-use common::conformance::{self, digest, pattern_stream};
+use common::conformance::{self, pattern_stream};
 use common::swift::{Auth, Keystone, raw_listing, swift};
 
 fn env_map(env: &BackendEnv) -> HashMap<String, String> {
@@ -306,45 +306,4 @@ async fn an_expired_token_is_renewed_once_for_concurrent_requests() {
             );
         }
     }
-}
-
-/// Upload and download throughput beside the file store, same data, same run.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throughput_beside_the_file_store() {
-    const LEN: u64 = 256 * 1024 * 1024;
-    let s = swift();
-    let container = s.new_container();
-    let swift_store = store(&s.env(Auth::V1, s.keystone(), &container, "db1"));
-    let dir = tempfile::tempdir().unwrap();
-    let file_store = FileStore::new(dir.path(), dir.path());
-    // Generated up front, so that the stores and not the generator are timed.
-    let data: Vec<bytes::Bytes> = pattern_stream(LEN, 11).try_collect().await.unwrap();
-    let payload =
-        PutPayload::from_fn(move || stream::iter(data.clone().into_iter().map(Ok)).boxed());
-    let mut rates = Vec::new();
-    for (name, store) in [("file", &file_store as &dyn Store), ("swift", &swift_store)] {
-        let key = "/db1/basebackups_005/big";
-        let started = Instant::now();
-        store
-            .put(key, payload.clone(), &PutOptions::default())
-            .await
-            .unwrap();
-        let up = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        let got = digest(store.get(key).await.unwrap().stream).await.unwrap();
-        let down = started.elapsed().as_secs_f64();
-        assert_eq!(got, digest(pattern_stream(LEN, 11)).await.unwrap());
-        let mib = LEN as f64 / (1024.0 * 1024.0);
-        eprintln!(
-            "{name}: upload {:.0} MiB/s, download {:.0} MiB/s",
-            mib / up,
-            mib / down
-        );
-        rates.push((mib / up, mib / down));
-    }
-    eprintln!(
-        "swift/file throughput ratio: upload {:.2}, download {:.2}",
-        rates[1].0 / rates[0].0,
-        rates[1].1 / rates[0].1
-    );
 }

@@ -102,6 +102,27 @@ impl From<StoreError> for io::Error {
     }
 }
 
+/// The outcome of deleting a batch key by key: a transient failure makes the
+/// whole batch retryable (deletes are idempotent); the other failures are
+/// reported together, per key.
+pub(crate) fn batch_delete_outcome(
+    results: Vec<(String, Result<(), StoreError>)>,
+) -> Result<(), StoreError> {
+    let mut failures = Vec::new();
+    for (key, result) in results {
+        match result {
+            Ok(()) => {}
+            Err(err) if err.is_transient() => return Err(err),
+            Err(err) => failures.push((key, err.to_string())),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::DeleteFailed { failures })
+    }
+}
+
 /// An object as listed or looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {

@@ -619,20 +619,7 @@ impl Store for WabsStore {
             .buffer_unordered(DELETE_CONCURRENCY)
             .collect()
             .await;
-        let mut failures = Vec::new();
-        for (key, result) in results {
-            match result {
-                Ok(()) => {}
-                // Deletes are idempotent: the whole batch may be tried again.
-                Err(err) if err.is_transient() => return Err(err),
-                Err(err) => failures.push((key, err.to_string())),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::DeleteFailed { failures })
-        }
+        super::batch_delete_outcome(results)
     }
 }
 

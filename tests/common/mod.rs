@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod gpg;
 pub mod interop;
 pub mod pg;
+pub mod round_trip;
 pub mod s3;
 pub mod scenarios;
 pub mod server;

@@ -361,14 +361,7 @@ pub fn client(cfg: &S3Config, region: &str, shared: &Shared) -> aws_sdk_s3::Clie
 mod tests {
     use super::*;
     use crate::cli::GlobalArgs;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::tests::env;
 
     fn config(pairs: &[(&str, &str)]) -> Result<S3Config, UserError> {
         let mut e = env(pairs);

@@ -707,20 +707,7 @@ impl SwiftStore {
             .buffer_unordered(DELETE_CONCURRENCY)
             .collect()
             .await;
-        let mut failures = Vec::new();
-        for (key, outcome) in results {
-            match outcome {
-                Ok(()) => {}
-                // Deletes are idempotent: the whole batch may be tried again.
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => failures.push((key, e.to_string())),
-            }
-        }
-        if failures.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::DeleteFailed { failures })
-        }
+        super::batch_delete_outcome(results)
     }
 }
 
@@ -827,14 +814,7 @@ async fn status_error(op: &'static str, key: &str, resp: Response) -> StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::tests::env;
 
     #[test]
     fn settings_follow_wal_e_variables_and_defaults() {
