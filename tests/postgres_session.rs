@@ -541,11 +541,14 @@ async fn a_terminated_session_resolves_closed_and_its_backup_is_aborted() {
     let reason = tokio::time::timeout(TIMEOUT, closed)
         .await
         .expect("closed() resolves after pg_terminate_backend");
+    // Usually the server's FATAL message arrives before the socket closes;
+    // on a loaded machine the kernel may report the reset first.
     assert!(
-        reason.contains("terminating connection due to administrator command"),
+        (reason.contains("terminating connection due to administrator command")
+            && reason.contains("57P01"))
+            || reason.contains("Connection reset by peer"),
         "{reason}"
     );
-    assert!(reason.contains("57P01"), "{reason}");
     assert_eq!(session.closed_reason().as_deref(), Some(reason.as_str()));
 
     // The server dropped the backend and aborted the backup it was running.
