@@ -6,38 +6,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::cli::{FileStoreEnv, fake_segment, lzop_decompress, stderr};
+use common::cli::{FileStoreEnv, WalDir, fake_segment, lzop_decompress, stderr};
 
 const SEG: usize = 16 * 1024 * 1024;
-
-struct WalDir {
-    _tmp: tempfile::TempDir,
-    pg_wal: PathBuf,
-}
-
-impl WalDir {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let pg_wal = tmp.path().join("pg_wal");
-        std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-        WalDir { _tmp: tmp, pg_wal }
-    }
-
-    fn add(&self, name: &str, data: &[u8], ready: bool) -> PathBuf {
-        let path = self.pg_wal.join(name);
-        std::fs::write(&path, data).unwrap();
-        if ready {
-            std::fs::write(self.status(name, "ready"), b"").unwrap();
-        }
-        path
-    }
-
-    fn status(&self, name: &str, suffix: &str) -> PathBuf {
-        self.pg_wal
-            .join("archive_status")
-            .join(format!("{name}.{suffix}"))
-    }
-}
 
 fn push(store: &FileStoreEnv, path: &Path) -> std::process::Output {
     store.run(&["wal-push", path.to_str().unwrap()])

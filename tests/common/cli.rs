@@ -138,3 +138,40 @@ impl PgScratch {
         )
     }
 }
+
+/// A pg_wal directory with archive_status, as PostgreSQL lays it out, in a
+/// scratch directory that also has room for fetched files.
+pub struct WalDir {
+    tmp: tempfile::TempDir,
+    pub pg_wal: PathBuf,
+}
+
+impl WalDir {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let pg_wal = tmp.path().join("pg_wal");
+        std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        WalDir { tmp, pg_wal }
+    }
+
+    /// Writes a WAL file, with its `.ready` status file when `ready`.
+    pub fn add(&self, name: &str, data: &[u8], ready: bool) -> PathBuf {
+        let path = self.pg_wal.join(name);
+        std::fs::write(&path, data).unwrap();
+        if ready {
+            std::fs::write(self.status(name, "ready"), b"").unwrap();
+        }
+        path
+    }
+
+    pub fn status(&self, name: &str, suffix: &str) -> PathBuf {
+        self.pg_wal
+            .join("archive_status")
+            .join(format!("{name}.{suffix}"))
+    }
+
+    /// A path beside pg_wal, e.g. for wal-fetch to write to.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}

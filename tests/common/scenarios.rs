@@ -10,39 +10,11 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 
 use super::backend::{BackendEnv, TestBackend};
-use super::cli::{fake_segment, stderr};
+use super::cli::{WalDir, fake_segment, stderr};
 use super::pg::{Cluster, PgBin, make_traversable};
 
 const SEG: usize = 16 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-/// A pg_wal directory with archive_status, as PostgreSQL lays it out.
-struct WalDir {
-    _tmp: tempfile::TempDir,
-    pg_wal: PathBuf,
-}
-
-impl WalDir {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let pg_wal = tmp.path().join("pg_wal");
-        std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
-        WalDir { _tmp: tmp, pg_wal }
-    }
-
-    fn add(&self, name: &str, data: &[u8]) -> PathBuf {
-        let path = self.pg_wal.join(name);
-        std::fs::write(&path, data).unwrap();
-        std::fs::write(self.status(name, "ready"), b"").unwrap();
-        path
-    }
-
-    fn status(&self, name: &str, suffix: &str) -> PathBuf {
-        self.pg_wal
-            .join("archive_status")
-            .join(format!("{name}.{suffix}"))
-    }
-}
 
 fn code(out: &Output) -> Option<i32> {
     out.status.code()
@@ -76,7 +48,7 @@ pub fn wal_push_and_fetch(backend: &dyn TestBackend) {
     let wal = WalDir::new();
     let first = "000000010000000000000002";
     let data = fake_segment(SEG, 1);
-    let path = wal.add(first, &data);
+    let path = wal.add(first, &data, true);
 
     let out = env.run(&["wal-push", path.to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{name}: wal-push: {}", stderr(&out));
@@ -104,7 +76,7 @@ pub fn wal_push_and_fetch(backend: &dyn TestBackend) {
         stderr(&out)
     );
 
-    let dest = wal._tmp.path().join("fetched");
+    let dest = wal.scratch("fetched");
     let out = env.run(&["wal-fetch", first, dest.to_str().unwrap()]);
     assert_eq!(code(&out), Some(0), "{name}: wal-fetch: {}", stderr(&out));
     assert!(
@@ -123,7 +95,7 @@ pub fn wal_push_and_fetch(backend: &dyn TestBackend) {
         .map(|i| fake_segment(SEG, 10 + i as u64))
         .collect();
     for (n, d) in names.iter().zip(&segments) {
-        wal.add(n, d);
+        wal.add(n, d, true);
     }
     let pushed = wal.pg_wal.join(&names[0]);
     let out = env.run(&["wal-push", "--pool-size", "4", pushed.to_str().unwrap()]);
@@ -137,7 +109,7 @@ pub fn wal_push_and_fetch(backend: &dyn TestBackend) {
         assert!(wal.status(n, "done").exists(), "{name}: {n} marked done");
     }
     for (n, d) in names.iter().zip(&segments) {
-        let dest = wal._tmp.path().join(format!("fetched-{n}"));
+        let dest = wal.scratch(&format!("fetched-{n}"));
         let out = env.run(&["wal-fetch", "--prefetch", "0", n, dest.to_str().unwrap()]);
         assert_eq!(
             code(&out),
@@ -151,7 +123,7 @@ pub fn wal_push_and_fetch(backend: &dyn TestBackend) {
         );
     }
 
-    let missing = wal._tmp.path().join("missing");
+    let missing = wal.scratch("missing");
     let out = env.run(&[
         "wal-fetch",
         "0000000100000000000000FE",
