@@ -12,6 +12,7 @@ declare -A wanted=(
   [/usr/lib/llvm-14/lib/libclang.so]=libclang-dev  # bindgen for nettle-sys
   [lzop]=lzop                                    # compatibility tests
   [gpg]=gnupg                                    # compatibility tests
+  [openssl]=openssl                              # certificates for the TLS tests
   [pv]=pv                                        # the real WAL-E needs it
   [/usr/lib/python3.11/ensurepip/__init__.py]=python3-venv  # its virtualenv
   [/usr/lib/postgresql/15/bin/postgres]=postgresql-15  # test clusters (with contrib: amcheck)

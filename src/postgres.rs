@@ -15,6 +15,7 @@
 
 mod control;
 mod pgpass;
+pub mod tls;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -25,7 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Timelike, Utc};
 use tokio::sync::watch;
 use tokio_postgres::error::{DbError, SqlState};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::{AsyncMessage, Connection, NoTls};
 
 use crate::config::Env;
 use crate::error::UserError;
@@ -206,6 +207,10 @@ pub struct ConnectParams {
     pub connect_timeout: Option<Duration>,
     /// `PGOPTIONS`, passed to the server as the `options` startup parameter.
     pub options: Option<String>,
+    /// `PGSSLMODE` (default `prefer`); TCP only.
+    pub ssl_mode: tls::SslMode,
+    /// `PGSSLROOTCERT`, `PGSSLCERT`, `PGSSLKEY` or their defaults.
+    pub tls_files: tls::TlsFiles,
     password: Option<Password>,
 }
 
@@ -220,6 +225,8 @@ impl fmt::Debug for ConnectParams {
             .field("application_name", &self.application_name)
             .field("connect_timeout", &self.connect_timeout)
             .field("options", &self.options)
+            .field("ssl_mode", &self.ssl_mode)
+            .field("tls_files", &self.tls_files)
             .field(
                 "password",
                 &self.password.as_ref().map(|p| match &p.source {
@@ -297,9 +304,8 @@ impl ConnectParams {
     /// matches host `localhost`, any other socket directory matches its path;
     /// a file group or others can access is ignored with a warning.
     ///
-    /// `PGSSLMODE=require`, `verify-ca` or `verify-full` on a TCP connection
-    /// is an error (TLS is not supported yet); `disable`, `allow` and
-    /// `prefer` connect without TLS. Unix sockets never use TLS, as in libpq.
+    /// `PGSSLMODE` and the certificate files work as in libpq over TCP (see
+    /// [`tls`]); Unix sockets never use TLS, as in libpq.
     /// `PGSERVICE` is refused rather than silently ignored.
     pub fn from_env(env: &dyn Env) -> Result<ConnectParams, UserError> {
         if let Some(service) = var(env, "PGSERVICE") {
@@ -383,25 +389,25 @@ impl ConnectParams {
             }
         };
 
-        match var(env, "PGSSLMODE").as_deref() {
-            None | Some("disable" | "allow" | "prefer") => {}
-            Some(mode @ ("require" | "verify-ca" | "verify-full")) => {
-                if let Host::Tcp(name) = &host {
-                    return Err(UserError::new("TLS connections to PostgreSQL are not supported yet")
-                        .detail(format!(
-                            "PGSSLMODE is {mode:?} and the server is reached over TCP at {name}:{port}."
-                        ))
-                        .hint("Connect through the server's Unix socket (set PGHOST to the socket directory), or set PGSSLMODE to disable or prefer on a trusted network."));
-                }
-            }
-            Some(other) => {
-                return Err(bad_setting(
-                    "PGSSLMODE",
-                    other,
-                    "use disable, allow, prefer, require, verify-ca or verify-full.",
-                ));
-            }
-        }
+        let ssl_mode = tls::SslMode::parse(var(env, "PGSSLMODE").as_deref())?;
+        let dot_postgresql = var(env, "HOME")
+            .map(PathBuf::from)
+            .or_else(|| os_user().map(|(_, home)| home))
+            .unwrap_or_default()
+            .join(".postgresql");
+        let tls_files = tls::TlsFiles {
+            root_cert: match var(env, "PGSSLROOTCERT") {
+                Some(system) if system == "system" => None,
+                Some(path) => Some(PathBuf::from(path)),
+                None => Some(dot_postgresql.join("root.crt")),
+            },
+            client_cert: var(env, "PGSSLCERT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dot_postgresql.join("postgresql.crt")),
+            client_key: var(env, "PGSSLKEY")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dot_postgresql.join("postgresql.key")),
+        };
 
         let options = var(env, "PGOPTIONS");
 
@@ -414,6 +420,8 @@ impl ConnectParams {
             application_name,
             connect_timeout,
             options,
+            ssl_mode,
+            tls_files,
             password: None,
         };
         params.password = match var(env, "PGPASSWORD") {
@@ -510,6 +518,11 @@ impl ConnectParams {
         out
     }
 
+    /// Whether TLS may be negotiated: over TCP, unless `PGSSLMODE=disable`.
+    fn uses_tls(&self) -> bool {
+        matches!(self.host, Host::Tcp(_)) && self.ssl_mode != tls::SslMode::Disable
+    }
+
     fn to_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         match (&self.host, self.hostaddr) {
@@ -528,7 +541,11 @@ impl ConnectParams {
             .user(&self.user)
             .dbname(&self.dbname)
             .application_name(&self.application_name)
-            .ssl_mode(tokio_postgres::config::SslMode::Disable)
+            .ssl_mode(if self.uses_tls() {
+                self.ssl_mode.negotiation()
+            } else {
+                tokio_postgres::config::SslMode::Disable
+            })
             // Notice a dead peer within minutes rather than the system's
             // default of two hours (TCP only; backups run for long).
             .keepalives_idle(Duration::from_secs(60))
@@ -732,26 +749,46 @@ fn log_notice(notice: &DbError) {
     }
 }
 
+/// Drives the connection, logs the server's notices, and publishes why it
+/// ended (the session is watched throughout a backup).
+async fn watch_connection<S, T>(mut connection: Connection<S, T>, tx: watch::Sender<Option<String>>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let reason = loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notice(notice))) => log_notice(&notice),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break pg_error_text(&e),
+            None => break "the connection was closed".to_string(),
+        }
+    };
+    let _ = tx.send(Some(reason));
+}
+
 impl Session {
     /// Connects, sets `statement_timeout = 0` for the session (WAL-E passed
     /// `--statement-timeout=0` in `PGOPTIONS`) and reads the server version.
     pub async fn connect(params: &ConnectParams) -> Result<Session, UserError> {
-        let (client, mut connection) = match params.to_config().connect(NoTls).await {
-            Ok(pair) => pair,
-            Err(e) => return Err(connect_error(params, &e)),
-        };
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(async move {
-            let reason = loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notice(notice))) => log_notice(&notice),
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => break pg_error_text(&e),
-                    None => break "the connection was closed".to_string(),
-                }
-            };
-            let _ = tx.send(Some(reason));
-        });
+        let config = params.to_config();
+        let connected = if params.uses_tls() {
+            let tls = tls::client_config(params.ssl_mode, &params.tls_files)?;
+            config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls))
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(watch_connection(connection, tx));
+                    client
+                })
+        } else {
+            config.connect(NoTls).await.map(|(client, connection)| {
+                tokio::spawn(watch_connection(connection, tx));
+                client
+            })
+        };
+        let client = connected.map_err(|e| connect_error(params, &e))?;
         let session_error = |e: tokio_postgres::Error| {
             UserError::new("could not set up the PostgreSQL session").detail(format!(
                 "{}: {}",
@@ -997,6 +1034,12 @@ fn connect_error(params: &ConnectParams, e: &tokio_postgres::Error) -> UserError
     }
     if let Some(hint) = e.as_db_error().and_then(DbError::hint) {
         return err.hint(hint.to_string());
+    }
+    if text.contains("TLS") || text.contains("certificate") {
+        return err.hint(format!(
+            "PGSSLMODE is {}: check that the server's certificate is signed by the CA in PGSSLROOTCERT (default ~/.postgresql/root.crt) and, for verify-full, names the host as PGHOST does.",
+            params.ssl_mode.name()
+        ));
     }
     let place = match &params.host {
         Host::Socket(dir) => format!(

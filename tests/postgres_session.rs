@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::pg::{Cluster, PgBin, chown_to_postgres, make_traversable, run_as_postgres};
 use wal_e::layout::{BackupName, SegmentName};
+use wal_e::postgres::tls::SslMode;
 use wal_e::postgres::{
     ConnectParams, DbState, Host, Lsn, PasswordSource, Session, backup_label_name,
     read_control_file, segment_of,
@@ -151,26 +152,31 @@ fn from_env_hosts_ports_and_the_rest() {
 fn from_env_sslmode() {
     let home = tempfile::tempdir().unwrap();
     let home = home.path().to_str().unwrap();
-    let params = |host: &str, mode: &str| {
-        ConnectParams::from_env(&env_of(&[
-            ("HOME", home),
-            ("PGHOST", host),
-            ("PGSSLMODE", mode),
-        ]))
+    let params = |host: &str, mode: Option<&str>| {
+        let mut pairs = vec![("HOME", home), ("PGHOST", host)];
+        pairs.extend(mode.map(|m| ("PGSSLMODE", m)));
+        ConnectParams::from_env(&env_of(&pairs)).unwrap()
     };
-    for mode in ["require", "verify-ca", "verify-full"] {
-        let err = params("db.example.com", mode).unwrap_err();
-        assert_eq!(
-            err.msg,
-            "TLS connections to PostgreSQL are not supported yet"
-        );
-        assert!(err.detail.unwrap().contains(mode));
-        // Unix sockets never use TLS, as in libpq.
-        assert!(params("/var/run/postgresql", mode).is_ok(), "{mode}");
+    assert_eq!(params("db.example.com", None).ssl_mode, SslMode::Prefer);
+    for (raw, mode) in [
+        ("disable", SslMode::Disable),
+        ("allow", SslMode::Allow),
+        ("require", SslMode::Require),
+        ("verify-ca", SslMode::VerifyCa),
+        ("verify-full", SslMode::VerifyFull),
+    ] {
+        assert_eq!(params("db.example.com", Some(raw)).ssl_mode, mode);
+        // Unix sockets never use TLS, as in libpq, so nothing is checked.
+        assert_eq!(params("/var/run/postgresql", Some(raw)).ssl_mode, mode);
     }
-    for mode in ["disable", "allow", "prefer"] {
-        assert!(params("db.example.com", mode).is_ok(), "{mode}");
-    }
+    let p = params("db.example.com", None);
+    let dot = std::path::Path::new(home).join(".postgresql");
+    assert_eq!(p.tls_files.root_cert, Some(dot.join("root.crt")));
+    assert_eq!(p.tls_files.client_cert, dot.join("postgresql.crt"));
+    assert_eq!(p.tls_files.client_key, dot.join("postgresql.key"));
+    let p =
+        ConnectParams::from_env(&env_of(&[("HOME", home), ("PGSSLROOTCERT", "system")])).unwrap();
+    assert_eq!(p.tls_files.root_cert, None, "system trust store");
 }
 
 #[test]
@@ -888,4 +894,190 @@ fn control_file_and_segment_names_with_64mib_segments_on_timeline_26() {
         segment_of(boundary, 26, 64 * MIB),
         (SegmentName::parse("0000001A0000000600000001").unwrap(), 0)
     );
+}
+
+/// `openssl` with `args`, in `dir`; panics with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for `localhost` only, signed by it.
+fn make_certificates(dir: &Path, ca: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.crt"),
+        ],
+    );
+}
+
+/// Over TCP, PGSSLMODE works as in libpq against a server that only accepts
+/// TLS: require and prefer encrypt, verify-ca checks the chain, verify-full
+/// the chain and the name; a plain connection is refused by the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_modes_against_a_server_that_requires_tls() {
+    let scratch = Scratch::new();
+    let certs = scratch.path().join("certs");
+    fs::create_dir(&certs).unwrap();
+    make_certificates(&certs, "test-ca");
+    make_certificates(&certs, "other-ca");
+    openssl(
+        &certs,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    fs::write(certs.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        &certs,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "test-ca.crt",
+            "-CAkey",
+            "test-ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    fs::set_permissions(certs.join("server.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    make_traversable(&certs);
+    chown_to_postgres(&certs);
+
+    let pg = Cluster::init(scratch.path(), "tls");
+    pg.append_conf(&format!(
+        "listen_addresses = '127.0.0.1'\nssl = on\n\
+         ssl_cert_file = '{0}/server.crt'\nssl_key_file = '{0}/server.key'\n",
+        certs.display()
+    ));
+    fs::write(
+        pg.data_dir.join("pg_hba.conf"),
+        "local all all trust\n\
+         hostssl all all 127.0.0.1/32 trust\n\
+         hostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    chown_to_postgres(&pg.data_dir.join("pg_hba.conf"));
+    pg.start();
+
+    let ca = certs.join("test-ca.crt");
+    let other_ca = certs.join("other-ca.crt");
+    let attempt = |host: &str, mode: &str, root: Option<&Path>| {
+        let mut vars = vec![
+            ("PGHOST", host.to_string()),
+            ("PGSSLMODE", mode.to_string()),
+            ("PGCONNECT_TIMEOUT", "20".to_string()),
+        ];
+        vars.extend(root.map(|r| ("PGSSLROOTCERT", r.display().to_string())));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let params = ConnectParams::from_env(&scratch.env(&pg, &vars)).unwrap();
+        async move { Session::connect(&params).await }
+    };
+    let encrypted_sessions = || {
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'wal-e'",
+        )
+    };
+
+    let err = attempt("127.0.0.1", "disable", None).await.unwrap_err();
+    assert!(
+        err.to_string().contains("no encryption"),
+        "the server refuses plain connections: {err}"
+    );
+
+    for (host, mode, root) in [
+        ("127.0.0.1", "require", None),
+        ("127.0.0.1", "prefer", None),
+        ("localhost", "verify-full", Some(ca.as_path())),
+        // The certificate names localhost only: verify-ca ignores the name.
+        ("127.0.0.1", "verify-ca", Some(ca.as_path())),
+    ] {
+        let session = attempt(host, mode, root)
+            .await
+            .unwrap_or_else(|e| panic!("{mode} to {host}: {e}\n{}", pg.log_tail()));
+        assert_eq!(encrypted_sessions(), "1", "{mode} to {host}");
+        drop(session);
+        pg.wait_until("the session to end", TIMEOUT, || {
+            encrypted_sessions() == "0"
+        });
+    }
+
+    for (host, mode, root, why) in [
+        (
+            "127.0.0.1",
+            "verify-full",
+            Some(ca.as_path()),
+            "not valid for name",
+        ),
+        (
+            "localhost",
+            "verify-ca",
+            Some(other_ca.as_path()),
+            "invalid peer certificate",
+        ),
+        (
+            "localhost",
+            "verify-full",
+            Some(other_ca.as_path()),
+            "invalid peer certificate",
+        ),
+    ] {
+        let err = attempt(host, mode, root).await.unwrap_err();
+        assert_eq!(
+            err.msg, "could not connect to PostgreSQL",
+            "{mode} to {host}"
+        );
+        assert!(err.to_string().contains(why), "{mode} to {host}: {err}");
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains("PGSSLROOTCERT"),
+            "{err}"
+        );
+    }
+    let missing = certs.join("missing.crt");
+    let err = attempt("localhost", "verify-full", Some(&missing))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("root certificate"), "{err}");
 }
