@@ -110,6 +110,13 @@ fn a_server_that_always_fails_makes_commands_fail_in_bounded_time() {
 
     let started = Instant::now();
     let (push, fetch) = push_and_fetch_one(&env);
+    // Each command tries WALE_RETRIES times, each try up to 3 requests (the
+    // SDK's own attempts): no layer multiplies another's budget.
+    let requests = proxy.faults.requests.load(Ordering::SeqCst);
+    assert!(
+        requests <= 2 * (2 * 3),
+        "{requests} requests for one wal-push and one wal-fetch"
+    );
     assert_eq!(push.status.code(), Some(1), "wal-push: {}", stderr(&push));
     assert!(stderr(&push).contains("SlowDown") || stderr(&push).contains("connection"));
     // Anything but an authoritative "not found" stops recovery.

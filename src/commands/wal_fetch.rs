@@ -233,7 +233,13 @@ async fn download_with_retries(
         .map_err(|e| fetch_failed(&url, &format!("creating {}: {e}", staging.display())))?;
     let policy = RetryPolicy::from_retries(ctx.settings.retries);
     let attempt = || async {
-        let stored = ctx.store.get(key).await?;
+        // The store already retried the request itself (`WALE_RETRIES`):
+        // retrying that again here would square the budget. Only a download
+        // that fails midway, which the store cannot retry, is tried again.
+        let stored = ctx.store.get(key).await.map_err(|e| match e {
+            e if e.is_transient() => StoreError::permanent("get", key, e),
+            e => e,
+        })?;
         let temp = tempfile::Builder::new()
             .prefix("fetch.")
             .tempfile_in(staging)
