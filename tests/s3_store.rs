@@ -143,11 +143,22 @@ fn hex(bytes: &[u8]) -> String {
 async fn a_lost_race_for_a_wal_key_is_already_exists() {
     // HEAD says "absent" (the proxy hides the object); the conditional PUT
     // and the conditional CompleteMultipartUpload must then get 412.
+    conditional_writes_alone_keep_wal_create_only(404).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_only_credentials_archive_with_conditional_writes() {
+    // Credentials that may put but not read get 403 on the lookup: the
+    // conditional write still refuses to overwrite.
+    conditional_writes_alone_keep_wal_create_only(403).await;
+}
+
+async fn conditional_writes_alone_keep_wal_create_only(head_status: u16) {
     let proxy = FaultProxy::start();
     proxy
         .faults
-        .hide_objects_from_head
-        .store(true, Ordering::SeqCst);
+        .object_head_status
+        .store(head_status, Ordering::SeqCst);
     let env = S3Backend::via(proxy.port).fresh_prefix();
     let store = open_store(&env).await;
     for (key, len) in [
@@ -161,7 +172,7 @@ async fn a_lost_race_for_a_wal_key_is_already_exists() {
                 &PutOptions::create_only(),
             )
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{key}, HEAD {head_status}: {e}"));
         let second = store
             .put(
                 key,

@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
@@ -249,8 +249,10 @@ pub struct Faults {
     /// Requests carrying `If-None-Match` get `501 NotImplemented`, as from a
     /// server without conditional writes.
     pub reject_conditional: AtomicBool,
-    /// Object HEADs are answered `404` without asking the server.
-    pub hide_objects_from_head: AtomicBool,
+    /// Object HEADs are answered with this status (`404`: hidden, `403`:
+    /// credentials that may write but not read) without asking the server;
+    /// 0 passes them on.
+    pub object_head_status: AtomicU16,
     /// DeleteObjects is answered, without deleting anything, with a
     /// per-key `AccessDenied` for this key.
     pub refuse_delete_of: Mutex<Option<String>>,
@@ -316,11 +318,9 @@ impl FaultProxy {
                 }
                 let path = req.uri().path().trim_matches('/').to_string();
                 let is_object = path.contains('/');
-                if req.method() == hyper::Method::HEAD
-                    && is_object
-                    && faults.hide_objects_from_head.load(Ordering::SeqCst)
-                {
-                    return full(StatusCode::NOT_FOUND, &[], "");
+                let head_status = faults.object_head_status.load(Ordering::SeqCst);
+                if req.method() == hyper::Method::HEAD && is_object && head_status != 0 {
+                    return full(StatusCode::from_u16(head_status).unwrap(), &[], "");
                 }
                 if req.headers().contains_key("if-none-match")
                     && faults.reject_conditional.load(Ordering::SeqCst)

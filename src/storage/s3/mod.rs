@@ -831,6 +831,19 @@ impl Store for S3Store {
                     });
                 }
                 Err(StoreError::NotFound { .. }) => {}
+                // Credentials that may write but not read (a common way to
+                // harden archiving): the conditional write alone decides.
+                Err(StoreError::Permanent { source, .. })
+                    if source
+                        .downcast_ref::<S3Failure>()
+                        .is_some_and(|f| f.status == Some(403))
+                        && !self.no_conditional_writes.load(Ordering::Relaxed) =>
+                {
+                    tracing::debug!(
+                        key,
+                        "no permission to look the key up; relying on If-None-Match alone"
+                    );
+                }
                 Err(e) => return Err(e),
             }
         }
