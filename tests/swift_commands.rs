@@ -112,3 +112,50 @@ fn wal_fetch_exits_126_unless_the_segment_is_authoritatively_missing() {
         &["does not exist"],
     );
 }
+
+/// A login answered with a redirect to another host is an error: the
+/// password (v1's X-Auth-Key) is never sent on to where the redirect points.
+#[test]
+fn credentials_do_not_follow_a_redirect() {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    let elsewhere = TcpListener::bind("127.0.0.1:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let elsewhere_port = elsewhere.local_addr().unwrap().port();
+    let auth = TcpListener::bind("127.0.0.1:0").unwrap();
+    let auth_port = auth.local_addr().unwrap().port();
+    let redirector = std::thread::spawn(move || {
+        let (mut conn, _) = auth.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = conn.read(&mut request).unwrap();
+        write!(
+            conn,
+            "HTTP/1.1 307 Temporary Redirect\r\n\
+             Location: http://127.0.0.1:{elsewhere_port}/auth/v1.0\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+    });
+
+    let env = BackendEnv::new([
+        ("WALE_SWIFT_PREFIX", "swift://c/db1".to_string()),
+        (
+            "SWIFT_AUTHURL",
+            format!("http://127.0.0.1:{auth_port}/auth/v1.0"),
+        ),
+        ("SWIFT_AUTH_VERSION", "1".to_string()),
+        ("SWIFT_USER", "test:tester".to_string()),
+        ("SWIFT_PASSWORD", "redirected-secret".to_string()),
+        ("WALE_RETRIES", "1".to_string()),
+    ]);
+    let err = expect(&env, &["backup-list"], 1, &["307"]);
+    assert!(!err.contains("redirected-secret"), "{err}");
+    redirector.join().unwrap();
+    // wal-e has exited: a connection it made would be queued by now.
+    assert_eq!(
+        elsewhere.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "nothing connected to the redirect's target"
+    );
+}

@@ -173,6 +173,9 @@ impl SwiftStore {
             .connect_timeout(std::time::Duration::from_secs(30))
             .read_timeout(std::time::Duration::from_secs(300))
             .user_agent(concat!("wal-e/", env!("CARGO_PKG_VERSION")))
+            // reqwest keeps X-Auth-Token, X-Auth-Key and a login body on a
+            // redirect to another host; Swift and Keystone do not redirect.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
                 UserError::new("could not set up the HTTP client for Swift").detail(error_chain(&e))
@@ -480,8 +483,12 @@ impl Store for SwiftStore {
         {
             // What Swift stored is not what we sent: remove it (a create-only
             // retry would otherwise find it) and let the put be retried.
-            self.delete_each(std::slice::from_ref(&key.to_string()))
-                .await?;
+            if let Err(e) = self
+                .delete_each(std::slice::from_ref(&key.to_string()))
+                .await
+            {
+                tracing::warn!(key, "could not remove an object stored damaged: {e}");
+            }
             return Err(StoreError::transient(
                 "put",
                 key,
