@@ -123,6 +123,39 @@ pub(crate) fn batch_delete_outcome(
     }
 }
 
+/// A download's body checked against the size the store announced: a body
+/// that ends short (or runs long) fails with a transient error instead of
+/// passing for a smaller object. With no announced size it is passed on.
+pub(crate) fn checked_length(body: ByteStream, expected: Option<u64>, key: &str) -> ByteStream {
+    let Some(expected) = expected else {
+        return body;
+    };
+    let key = key.to_string();
+    stream::unfold(Some((body, 0u64)), move |state| {
+        let key = key.clone();
+        async move {
+            let (mut body, seen) = state?;
+            let wrong = |got: String| {
+                let why = format!("the store announced {expected} bytes but sent {got}");
+                Some((Err(StoreError::transient("get", &key, why).into()), None))
+            };
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    let seen = seen + chunk.len() as u64;
+                    if seen > expected {
+                        return wrong(format!("more ({seen})"));
+                    }
+                    Some((Ok(chunk), Some((body, seen))))
+                }
+                Some(Err(e)) => Some((Err(e), None)),
+                None if seen == expected => None,
+                None => wrong(seen.to_string()),
+            }
+        }
+    })
+    .boxed()
+}
+
 /// An object as listed or looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -263,5 +296,48 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
                 .detail(format!("The storage prefix is {}.", settings.prefix.url))
                 .hint("Use an s3://, wabs://, swift:// or file:// prefix."),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    async fn collect(body: ByteStream) -> Result<Vec<u8>, io::Error> {
+        body.try_fold(Vec::new(), |mut all, chunk| async move {
+            all.extend_from_slice(&chunk);
+            Ok(all)
+        })
+        .await
+    }
+
+    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
+        stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        )
+        .boxed()
+    }
+
+    #[tokio::test]
+    async fn downloads_are_checked_against_the_announced_size() {
+        let whole = collect(checked_length(chunks(&[b"abc", b"de"]), Some(5), "k")).await;
+        assert_eq!(whole.unwrap(), b"abcde");
+        let unknown = collect(checked_length(chunks(&[b"abc"]), None, "k")).await;
+        assert_eq!(unknown.unwrap(), b"abc");
+        for (announced, why) in [(6, "sent 5"), (4, "sent more (5)")] {
+            let err = collect(checked_length(
+                chunks(&[b"abc", b"de"]),
+                Some(announced),
+                "k",
+            ))
+            .await
+            .unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+            assert!(StoreError::from_io(&err).unwrap().is_transient());
+        }
     }
 }

@@ -533,20 +533,21 @@ impl Store for WabsStore {
             .get_optional_str(&"content-range".into())
             .and_then(|r| r.rsplit('/').next())
             .and_then(|total| total.parse().ok())
-            .or(result.properties.content_length)
-            .unwrap_or(0);
+            .or(result.properties.content_length);
         let meta = ObjectMeta {
             key: key.to_string(),
-            size,
+            size: size.unwrap_or(0),
             last_modified: to_chrono(result.properties.last_modified),
         };
         let key_owned = key.to_string();
-        let stream = result
+        let body = result
             .body
             .map(move |chunk| {
                 chunk.map_err(|e| StoreError::transient("get", &key_owned, describe(&e)).into())
             })
             .boxed();
+        // The SDK's ranged download does not check the total it delivers.
+        let stream = super::checked_length(body, size, key);
         Ok(GetResult { meta, stream })
     }
 

@@ -511,11 +511,13 @@ impl Store for SwiftStore {
             return Err(status_error("get", key, resp).await);
         }
         let meta = meta_from_headers(key, &resp);
+        let announced = resp.content_length();
         let owned = key.to_string();
-        let stream = resp
+        let body = resp
             .bytes_stream()
             .map_err(move |e| io::Error::from(http_error("get", &owned, e)))
             .boxed();
+        let stream = super::checked_length(body, announced, key);
         Ok(GetResult { meta, stream })
     }
 
