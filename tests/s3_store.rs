@@ -238,10 +238,13 @@ async fn a_missing_bucket_is_never_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_a_batch_delete_could_not_remove_are_reported() {
     let proxy = FaultProxy::start();
-    let env = S3Backend::via(proxy.port).fresh_prefix();
+    // One try: the error as the store reports it, not after retries.
+    let env = S3Backend::via(proxy.port)
+        .fresh_prefix()
+        .with("WALE_RETRIES", "1");
     let store = open_store(&env).await;
     let keys: Vec<String> = (0..3).map(|i| format!("db1/wal_005/k{i}")).collect();
-    *proxy.faults.refuse_delete_of.lock().unwrap() = Some(keys[1].clone());
+    *proxy.faults.refuse_delete_of.lock().unwrap() = Some((keys[1].clone(), "AccessDenied"));
     let err = store.delete_many(&keys).await.unwrap_err();
     let StoreError::DeleteFailed { failures } = err else {
         panic!("{err:?}");
@@ -249,4 +252,10 @@ async fn keys_a_batch_delete_could_not_remove_are_reported() {
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].0, keys[1]);
     assert!(failures[0].1.contains("AccessDenied"), "{failures:?}");
+
+    // A key refused for a passing reason makes the batch worth retrying.
+    *proxy.faults.refuse_delete_of.lock().unwrap() = Some((keys[1].clone(), "SlowDown"));
+    let err = store.delete_many(&keys).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains(&keys[1]), "{err}");
 }

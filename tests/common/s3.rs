@@ -254,8 +254,8 @@ pub struct Faults {
     /// 0 passes them on.
     pub object_head_status: AtomicU16,
     /// DeleteObjects is answered, without deleting anything, with a
-    /// per-key `AccessDenied` for this key.
-    pub refuse_delete_of: Mutex<Option<String>>,
+    /// per-key error for this key: (key, error code).
+    pub refuse_delete_of: Mutex<Option<(String, &'static str)>>,
     /// Bucket HEADs are answered with this region header added.
     pub bucket_region: Mutex<Option<String>>,
     pub requests: AtomicU64,
@@ -337,13 +337,13 @@ impl FaultProxy {
                         .uri()
                         .query()
                         .is_some_and(|q| q.split('&').any(|p| p == "delete" || p == "delete="))
-                    && let Some(key) = faults.refuse_delete_of.lock().unwrap().clone()
+                    && let Some((key, code)) = faults.refuse_delete_of.lock().unwrap().clone()
                 {
                     return full(
                         StatusCode::OK,
                         &[("content-type", "application/xml")],
                         format!(
-                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Error><Key>{key}</Key><Code>AccessDenied</Code><Message>Access Denied</Message></Error></DeleteResult>"
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DeleteResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Error><Key>{key}</Key><Code>{code}</Code><Message>refused by the test proxy</Message></Error></DeleteResult>"
                         ),
                     );
                 }

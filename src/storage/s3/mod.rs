@@ -154,6 +154,23 @@ impl Failure {
     }
 }
 
+/// Error codes that are worth another try, in an error answer or in a
+/// DeleteObjects result.
+fn is_transient_code(code: &str) -> bool {
+    matches!(
+        code,
+        "SlowDown"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+            | "InternalError"
+            | "ServiceUnavailable"
+            | "RequestLimitExceeded"
+            | "BadDigest"
+    )
+}
+
 fn classify<E>(err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -173,20 +190,7 @@ where
                 (501, _) | (_, Some("NotImplemented")) => Class::NotImplemented,
                 // A conditional write racing another one: S3 says try again.
                 (409, Some("ConditionalRequestConflict" | "OperationAborted")) => Class::Transient,
-                (
-                    _,
-                    Some(
-                        "SlowDown"
-                        | "Throttling"
-                        | "ThrottlingException"
-                        | "RequestTimeout"
-                        | "RequestTimeoutException"
-                        | "InternalError"
-                        | "ServiceUnavailable"
-                        | "RequestLimitExceeded"
-                        | "BadDigest",
-                    ),
-                ) => Class::Transient,
+                (_, Some(code)) if is_transient_code(code) => Class::Transient,
                 (429 | 500..=599, _) => Class::Transient,
                 _ => Class::Permanent,
             };
@@ -953,6 +957,21 @@ impl Store for S3Store {
                 .send()
                 .await
                 .map_err(|e| classify(e).into_store_error("delete", &batch[0]))?;
+            // Deletes are idempotent: a key refused for a passing reason
+            // makes the whole call worth another try.
+            if let Some(e) = out
+                .errors()
+                .iter()
+                .find(|e| e.code().is_some_and(is_transient_code))
+            {
+                let key = e.key().unwrap_or(&batch[0]);
+                let why = format!(
+                    "{}: {}",
+                    e.code().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                );
+                return Err(StoreError::transient("delete", key, why));
+            }
             failures.extend(out.errors().iter().map(|e| {
                 (
                     e.key().unwrap_or_default().to_string(),
