@@ -169,8 +169,11 @@ pub struct ObjectMeta {
 pub enum PutMode {
     #[default]
     Overwrite,
-    /// Fail with [`StoreError::AlreadyExists`] if the key exists; atomic on
-    /// every backend (no check-then-write race).
+    /// Fail with [`StoreError::AlreadyExists`] if the key exists. The service
+    /// decides atomically where it can (file: `renameat2` NOREPLACE; S3 and
+    /// Azure: `If-None-Match: *`); Swift checks `If-None-Match` on each
+    /// object server, so two writers racing for one new key may both
+    /// succeed and the later one wins.
     Create,
 }
 
