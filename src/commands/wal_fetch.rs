@@ -414,7 +414,9 @@ mod tests {
     use super::*;
     use crate::cli::GlobalArgs;
     use crate::config::Settings;
-    use crate::storage::{GetResult, ObjectMeta, PutOptions, PutPayload, Store};
+    use crate::storage::{
+        GetResult, ObjectMeta, PutOptions, PutPayload, RetryPolicy, RetryingStore, Store,
+    };
     use async_trait::async_trait;
     use futures_util::stream::BoxStream;
     use std::collections::HashMap;
@@ -423,7 +425,7 @@ mod tests {
     /// A store whose every request fails as an outage would.
     #[derive(Debug, Default)]
     struct Unreachable {
-        gets: AtomicU32,
+        gets: Arc<AtomicU32>,
     }
 
     #[async_trait]
@@ -463,8 +465,13 @@ mod tests {
         ]
         .into();
         let settings = Settings::from_args(&GlobalArgs::default(), &env).unwrap();
-        let store = Arc::new(Unreachable::default());
-        let ctx = Context::new(settings, store.clone(), GlobalArgs::default());
+        // Wrapped as `storage::open` wraps every store.
+        let gets = Arc::new(AtomicU32::new(0));
+        let store = RetryingStore::new(
+            Unreachable { gets: gets.clone() },
+            RetryPolicy::from_retries(settings.retries),
+        );
+        let ctx = Context::new(settings, Arc::new(store), GlobalArgs::default());
         let dest = tempfile::tempdir().unwrap();
         let args = WalFetchArgs {
             wal_segment: "000000010000000000000001".into(),
@@ -475,9 +482,9 @@ mod tests {
         let err = run(&ctx, &args).await.unwrap_err();
         assert_eq!(err.exit_code(), exit::RESTORE_UNAVAILABLE, "{err}");
         assert_eq!(
-            store.gets.load(Ordering::SeqCst),
+            gets.load(Ordering::SeqCst),
             3,
-            "WALE_RETRIES attempts"
+            "WALE_RETRIES attempts in all, not WALE_RETRIES squared"
         );
         // Two waits of 1-2 s and 2-4 s with jitter: bounded, and never "not found".
         assert!(started.elapsed() < Duration::from_secs(15));
