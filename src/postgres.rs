@@ -658,18 +658,19 @@ fn backup_error(msg: &str, e: &tokio_postgres::Error, functions: &BackupFunction
     } else if let Some(hint) = e.as_db_error().and_then(DbError::hint) {
         err = err.hint(hint.to_string());
     } else if is_connection_loss(e) {
-        err = err.hint(
-            "The connection to PostgreSQL was lost. PostgreSQL aborts a non-exclusive \
-             backup when its session ends, so this backup cannot be used: run backup-push again.",
-        );
+        err = err.hint(SESSION_LOST_HINT);
     }
     err
 }
+
+const SESSION_LOST_HINT: &str = "The connection to PostgreSQL was lost. PostgreSQL aborts a \
+     non-exclusive backup when its session ends, so this backup cannot be used: run backup-push again.";
 
 fn query_error(what: &str, e: &tokio_postgres::Error) -> UserError {
     let err = UserError::new(format!("could not {what}")).detail(pg_error_text(e));
     match e.as_db_error().and_then(DbError::hint) {
         Some(hint) => err.hint(hint.to_string()),
+        None if is_connection_loss(e) => err.hint(SESSION_LOST_HINT),
         None => err,
     }
 }

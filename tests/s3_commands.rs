@@ -27,6 +27,18 @@ fn backup_cycle() {
     scenarios::backup_cycle(&S3Backend::new());
 }
 
+/// wal-push then wal-fetch of one segment, both exit 0, same bytes back.
+fn push_and_fetch_succeed(env: &BackendEnv) {
+    let (push, fetch) = push_and_fetch_one(env);
+    assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
+    assert_eq!(
+        fetch.status.code(),
+        Some(0),
+        "wal-fetch: {}",
+        stderr(&fetch)
+    );
+}
+
 fn push_and_fetch_one(env: &BackendEnv) -> (Output, Output) {
     let dir = tempfile::tempdir().unwrap();
     let seg = dir.path().join("000000010000000000000007");
@@ -62,14 +74,7 @@ fn instance_profile_credentials_come_from_the_metadata_service() {
             "AWS_EC2_METADATA_SERVICE_ENDPOINT",
             &format!("http://127.0.0.1:{}/", imds.port),
         );
-    let (push, fetch) = push_and_fetch_one(&env);
-    assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
-    assert_eq!(
-        fetch.status.code(),
-        Some(0),
-        "wal-fetch: {}",
-        stderr(&fetch)
-    );
+    push_and_fetch_succeed(&env);
     assert!(
         imds.served.load(Ordering::SeqCst) >= 2,
         "each process asked IMDS"
@@ -257,14 +262,7 @@ fn the_bucket_region_is_discovered_when_aws_region_is_unset() {
             "AWS_ENDPOINT_URL_S3",
             &format!("http://127.0.0.1:{}", proxy.port),
         );
-    let (push, fetch) = push_and_fetch_one(&env);
-    assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
-    assert_eq!(
-        fetch.status.code(),
-        Some(0),
-        "wal-fetch: {}",
-        stderr(&fetch)
-    );
+    push_and_fetch_succeed(&env);
     // The probe is signed for us-east-1, everything after for the bucket's region.
     let regions = proxy.faults.signing_regions.lock().unwrap().clone();
     assert_eq!(
@@ -281,14 +279,7 @@ fn sse_is_aes256_by_default_and_can_be_turned_off() {
         if let Some(value) = setting {
             env = env.with("WALE_S3_SSE", value);
         }
-        let (push, fetch) = push_and_fetch_one(&env);
-        assert_eq!(push.status.code(), Some(0), "wal-push: {}", stderr(&push));
-        assert_eq!(
-            fetch.status.code(),
-            Some(0),
-            "wal-fetch: {}",
-            stderr(&fetch)
-        );
+        push_and_fetch_succeed(&env);
         let sse = proxy.faults.sse_requests.load(Ordering::SeqCst);
         assert_eq!(sse > 0, want_sse, "{setting:?}: {sse} requests with SSE");
     }
