@@ -153,6 +153,14 @@ impl Retries {
     /// WAL-E's default is 100.
     pub const DEFAULT: Retries = Retries::Limited(100);
 
+    /// This budget, capped at `n` attempts.
+    pub fn at_most(self, n: u32) -> Retries {
+        match self {
+            Retries::Limited(m) => Retries::Limited(m.min(n)),
+            Retries::Unlimited => Retries::Limited(n),
+        }
+    }
+
     fn from_env(env: &dyn Env) -> Result<Retries, UserError> {
         let Some(raw) = env.var("WALE_RETRIES").filter(|v| !v.trim().is_empty()) else {
             return Ok(Retries::DEFAULT);
@@ -382,6 +390,9 @@ pub(crate) mod tests {
             Retries::Unlimited
         );
         assert!(Retries::from_env(&env(&[("WALE_RETRIES", "many")])).is_err());
+        assert_eq!(Retries::DEFAULT.at_most(3), Retries::Limited(3));
+        assert_eq!(Retries::Limited(2).at_most(3), Retries::Limited(2));
+        assert_eq!(Retries::Unlimited.at_most(3), Retries::Limited(3));
     }
 
     #[test]

@@ -284,3 +284,45 @@ fn sse_is_aes256_by_default_and_can_be_turned_off() {
         assert_eq!(sse > 0, want_sse, "{setting:?}: {sse} requests with SSE");
     }
 }
+
+/// A prefetch worker is a guess ahead of recovery: against a failing store
+/// it gives up after a few attempts instead of lingering for WALE_RETRIES
+/// (100 by default, an hour or more) after recovery has moved on.
+#[test]
+fn a_prefetch_worker_gives_up_soon_on_a_failing_store() {
+    let proxy = FaultProxy::start();
+    proxy.faults.fail_every.store(1, Ordering::SeqCst);
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let pg_wal = dir.path().join("pg_wal");
+    std::fs::create_dir(&pg_wal).unwrap();
+    let mut child = env
+        .command(&[
+            "wal-prefetch",
+            pg_wal.to_str().unwrap(),
+            "000000010000000000000009",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + GIVE_UP_WITHIN;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("wal-prefetch still retrying after {GIVE_UP_WITHIN:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let requests = proxy.faults.requests.load(Ordering::SeqCst);
+    assert!(requests <= 3 * 3, "{requests} requests");
+    assert!(
+        !pg_wal
+            .join(".wal-e/prefetch/000000010000000000000009")
+            .exists(),
+        "nothing prefetched"
+    );
+}

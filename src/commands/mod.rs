@@ -60,7 +60,16 @@ impl Context {
     }
 }
 
-pub async fn dispatch(command: Command, settings: Settings, global: GlobalArgs) -> CmdResult {
+/// Attempts per storage operation of a `wal-prefetch` worker at most.
+const PREFETCH_ATTEMPTS: u32 = 3;
+
+pub async fn dispatch(command: Command, mut settings: Settings, global: GlobalArgs) -> CmdResult {
+    if matches!(command, Command::WalPrefetch(_)) {
+        // A prefetch is a guess ahead of recovery: when the store fails it
+        // gives up soon (wal-fetch downloads the segment itself when asked)
+        // instead of lingering for WALE_RETRIES attempts after recovery ends.
+        settings.retries = settings.retries.at_most(PREFETCH_ATTEMPTS);
+    }
     let store = storage::open(&settings, &ProcessEnv).await?;
     let ctx = Context::new(settings, store, global);
     match command {
