@@ -115,6 +115,21 @@ impl Stage {
         );
     }
 
+    /// Two base backups by `tool` with marker rows between and after them,
+    /// then the primary stopped: the rows a restore must reproduce and the
+    /// two backups' names, once both tools list them alike.
+    fn two_backups(&self, tool: Tool, encryption: Encryption) -> (Snapshot, Vec<String>) {
+        self.backup_push(tool);
+        self.mark("between the backups");
+        self.backup_push(tool);
+        self.mark("after the second backup");
+        let expected = self.finish_primary();
+        self.check_encryption(encryption);
+        let names = self.compare_backup_lists();
+        assert_eq!(names.len(), 2, "{}: {names:?}", self.what);
+        (expected, names)
+    }
+
     /// Writes a marker row and closes its WAL segment.
     fn mark(&self, note: &str) {
         self.primary
@@ -353,15 +368,7 @@ fn code(out: &Output) -> Option<i32> {
 pub fn wal_e_archives_we_restore(backend: &dyn TestBackend, encryption: Encryption) {
     let stage = Stage::new(backend, encryption, PgBin::major_version(14), Tool::WalE);
     let what = &stage.what;
-    stage.backup_push(Tool::WalE);
-    stage.mark("between the backups");
-    stage.backup_push(Tool::WalE);
-    stage.mark("after the second backup");
-    let expected = stage.finish_primary();
-    stage.check_encryption(encryption);
-
-    let names = stage.compare_backup_lists();
-    assert_eq!(names.len(), 2, "{what}: {names:?}");
+    let (expected, names) = stage.two_backups(Tool::WalE, encryption);
     let restored = stage.restore(Tool::Ours, "restored-by-us", &names[1]);
     assert_eq!(Snapshot::of(&restored), expected, "{what}: our restore");
     restored.stop();
@@ -407,15 +414,7 @@ pub fn wal_e_archives_we_restore(backend: &dyn TestBackend, encryption: Encrypti
 pub fn we_archive_wal_e_restores(backend: &dyn TestBackend, encryption: Encryption) {
     let stage = Stage::new(backend, encryption, PgBin::new(), Tool::Ours);
     let what = &stage.what;
-    stage.backup_push(Tool::Ours);
-    stage.mark("between the backups");
-    stage.backup_push(Tool::Ours);
-    stage.mark("after the second backup");
-    let expected = stage.finish_primary();
-    stage.check_encryption(encryption);
-
-    let names = stage.compare_backup_lists();
-    assert_eq!(names.len(), 2, "{what}: {names:?}");
+    let (expected, names) = stage.two_backups(Tool::Ours, encryption);
     let restored = stage.restore(Tool::WalE, "restored-by-wal-e", &names[1]);
     assert_eq!(Snapshot::of(&restored), expected, "{what}: WAL-E's restore");
     restored.stop();
