@@ -17,6 +17,12 @@ pub const VERSION: &str = "005";
 /// Versions of WAL-E 0.x whose directories `delete old-versions` removes.
 pub const OBSOLETE_VERSIONS: [&str; 5] = ["004", "003", "002", "001", "000"];
 
+/// The object metadata (see [`crate::storage::Metadata`]) under which
+/// wal-push records the SHA-256 of a WAL file's content, in lower-case hex,
+/// so that a re-archived file can be compared without decrypting the
+/// archived copy. WAL-E neither writes nor reads it.
+pub const WAL_SHA256_METADATA: &str = "walesha256";
+
 /// Most tar member bytes in one partition (`PARTITION_MAX_SZ`, 1.5 GiB).
 pub const PARTITION_MAX_BYTES: u64 = 1_610_612_736;
 /// Most tar members in one partition (`PARTITION_MAX_MEMBERS`).

@@ -326,3 +326,32 @@ fn a_prefetch_worker_gives_up_soon_on_a_failing_store() {
         "nothing prefetched"
     );
 }
+
+/// Credentials that may write but not read (a hardened archiving host): a
+/// re-push after a crash between the upload and PostgreSQL's bookkeeping
+/// cannot be compared. It fails at once, naming the permission, instead of
+/// retrying and leaving the operator to guess. Fails on main, whose message
+/// named no permission.
+#[test]
+fn a_re_push_with_write_only_credentials_names_the_missing_permission() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("000000010000000000000011");
+    std::fs::write(&seg, fake_segment(1 << 20, 11)).unwrap();
+    let out = env.run(&["wal-push", seg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    proxy.faults.object_head_status.store(403, Ordering::SeqCst);
+    proxy.faults.object_get_status.store(403, Ordering::SeqCst);
+    let before = proxy.faults.requests.load(Ordering::SeqCst);
+    let out = env.run(&["wal-push", seg.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("could not be compared"), "{err}");
+    assert!(err.contains("s3:GetObject"), "{err}");
+    assert!(!err.contains("same content"), "{err}");
+    // HEAD, the conditional PUT (412) and the lookup for the digest: no retries.
+    let requests = proxy.faults.requests.load(Ordering::SeqCst) - before;
+    assert!(requests <= 4, "{requests} requests");
+}

@@ -219,6 +219,65 @@ async fn without_conditional_writes_create_only_puts_rely_on_the_lookup() {
     assert_eq!(proxy.faults.conditional_rejected.load(Ordering::SeqCst), 1);
 }
 
+/// Credentials that may not look keys up (403) on a server without
+/// conditional writes (501): nothing can tell whether the key exists, so a
+/// create-only put must fail rather than write unconditionally. Fails on
+/// main, which re-sent the PUT without If-None-Match and replaced the
+/// archived object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_lookups_or_conditional_writes_create_only_puts_never_overwrite() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let keys = [
+        ("db1/wal_005/small", 100u64),
+        ("db1/wal_005/large", (PART_SIZE + 1) as u64),
+    ];
+    let store = open_store(&env).await;
+    for (key, len) in keys {
+        store
+            .put(
+                key,
+                PutPayload::from_fn(move || pattern_stream(len, 1)),
+                &PutOptions::create_only(),
+            )
+            .await
+            .unwrap();
+    }
+    proxy.faults.object_head_status.store(403, Ordering::SeqCst);
+    proxy
+        .faults
+        .reject_conditional
+        .store(true, Ordering::SeqCst);
+    let store = open_store(&env).await;
+    for (key, len) in keys.into_iter().chain([("db1/wal_005/new", 100)]) {
+        let err = store
+            .put(
+                key,
+                PutPayload::from_fn(move || pattern_stream(len, 2)),
+                &PutOptions::create_only(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Permanent { .. }),
+            "{key}: {err:?}"
+        );
+        assert!(err.to_string().contains("s3:GetObject"), "{key}: {err}");
+    }
+    for (key, len) in keys {
+        let got = store.get(key).await.unwrap();
+        assert_eq!(
+            digest(got.stream).await.unwrap(),
+            digest(pattern_stream(len, 1)).await.unwrap(),
+            "{key} kept its first content"
+        );
+    }
+    assert!(matches!(
+        store.head("db1/wal_005/new").await,
+        Err(StoreError::Permanent { .. })
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_bucket_is_never_not_found() {
     let env = S3Backend::new()

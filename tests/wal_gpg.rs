@@ -91,23 +91,6 @@ fn encrypted_wal_is_readable_by_gpg_and_lzop_and_vice_versa() {
     let out = store.run(&["wal-push", path.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
-    // A host with only the public key cannot compare a re-pushed segment; it
-    // accepts it with a warning rather than stop archiving for good.
-    let public = dir_with_public_key(&home, &key);
-    let empty_home = tempfile::tempdir().unwrap();
-    let out = store
-        .command(&["wal-push", path.to_str().unwrap()])
-        .env("GNUPGHOME", empty_home.path())
-        .env("WALE_GPG_PUBLIC_KEY_FILE", &public)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("could not be compared"),
-        "{}",
-        stderr(&out)
-    );
-
     // Reading an encrypted archive without the key id fails loudly (126), never as "missing".
     store.extra_env.retain(|(k, _)| k != "WALE_GPG_KEY_ID");
     let out = store.run(&[
@@ -119,6 +102,101 @@ fn encrypted_wal_is_readable_by_gpg_and_lzop_and_vice_versa() {
     ]);
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
     assert!(stderr(&out).contains("bad magic"), "{}", stderr(&out));
+}
+
+/// An archiving host with only the public key (the recommended set-up)
+/// compares a re-archived segment by the SHA-256 recorded at upload; where
+/// there is none (WAL-E's objects) it refuses instead of claiming the copies
+/// are the same. Fails on main, which accepted every re-push there.
+#[test]
+fn public_key_only_hosts_compare_re_archived_wal_by_digest() {
+    let (home, key) = rsa_key_home();
+    let public = dir_with_public_key(&home, &key);
+    let empty_home = tempfile::tempdir().unwrap();
+    let mut store = FileStoreEnv::new();
+    store.extra_env = vec![
+        (
+            "GNUPGHOME".into(),
+            empty_home.path().to_str().unwrap().into(),
+        ),
+        ("WALE_GPG_KEY_ID".into(), key.clone()),
+        (
+            "WALE_GPG_PUBLIC_KEY_FILE".into(),
+            public.to_str().unwrap().into(),
+        ),
+    ];
+    let wal = tempfile::tempdir().unwrap();
+    let push = |name: &str, data: &[u8]| {
+        let path = wal.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        store.run(&["wal-push", path.to_str().unwrap()])
+    };
+
+    let name = "000000010000000000000041";
+    let data = fake_segment(1 << 20, 41);
+    let out = push(name, &data);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let archived = std::fs::read(store.wal_object(name)).unwrap();
+
+    let out = push(name, &data);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("same content (SHA-256 compared)"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = push(name, &fake_segment(1 << 20, 42));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already archived with different content"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("same content"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(store.wal_object(name)).unwrap(),
+        archived,
+        "left unchanged"
+    );
+
+    // An object as WAL-E writes it (lzop | gpg -e), with no digest: only
+    // the secret key could tell, and this host has none.
+    let theirs = "000000010000000000000043";
+    let data = fake_segment(1 << 20, 43);
+    let src = wal.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    shell(
+        &format!(
+            "lzop -c < '{}' | gpg --batch -e -z 0 -r {key} --trust-model always > '{}'",
+            src.display(),
+            store.wal_object(theirs).display()
+        ),
+        &[("GNUPGHOME", home.path().to_str().unwrap())],
+    );
+    let out = push(theirs, &data);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("already archived and could not be compared"),
+        "{err}"
+    );
+    assert!(err.contains("no recorded SHA-256"), "{err}");
+    assert!(err.contains("WALE_GPG_SECRET_KEY_FILE"), "{err}");
+    assert!(!err.contains("same content"), "{err}");
+
+    // With the secret key the copies are compared byte by byte.
+    let out = store
+        .command(&["wal-push", wal.path().join(theirs).to_str().unwrap()])
+        .env("GNUPGHOME", home.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("same content (compared byte by byte)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Exports the public key to a file, for WALE_GPG_PUBLIC_KEY_FILE.

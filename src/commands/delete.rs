@@ -352,6 +352,7 @@ mod tests {
                 key: key.to_string(),
                 size: 0,
                 last_modified: Utc::now(),
+                metadata: Default::default(),
             },
             object,
         }

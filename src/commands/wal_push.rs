@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::ReaderStream;
 
@@ -20,7 +21,7 @@ use crate::ByteStream;
 use crate::cli::WalPushArgs;
 use crate::durable::{parent_dir, sync_dir};
 use crate::error::{CmdResult, CommandError, UserError};
-use crate::layout::SEGMENT_READY_RE;
+use crate::layout::{SEGMENT_READY_RE, WAL_SHA256_METADATA};
 use crate::pipeline::{self, EncryptionKeys, lzop};
 use crate::storage::{PutOptions, PutPayload, StoreError};
 
@@ -35,9 +36,18 @@ struct WalFile {
 
 enum Outcome {
     Uploaded,
-    AlreadyArchived,
+    AlreadyArchived(Compared),
     /// A pooled segment that disappeared before we read it.
     Vanished,
+}
+
+/// How a re-archived file was found to equal the archived copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Compared {
+    /// The SHA-256 recorded with the archived copy equals the file's.
+    Digest,
+    /// The archived copy was downloaded and decoded.
+    Content,
 }
 
 pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
@@ -83,7 +93,9 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
             async move {
                 let result = push_one(ctx, &file, encrypt_to.as_ref()).await;
                 let result = match result {
-                    Ok(done @ (Outcome::Uploaded | Outcome::AlreadyArchived)) if !file.explicit => {
+                    Ok(done @ (Outcome::Uploaded | Outcome::AlreadyArchived(_)))
+                        if !file.explicit =>
+                    {
                         mark_done(parent_dir(&file.path), &file.name).map(|()| done)
                     }
                     other => other,
@@ -209,14 +221,18 @@ async fn push_one(
             pipeline::encode(file_stream(path.clone()), mtime, mode, encrypt_to.as_ref())
         })
     };
+    let digest = sha256_of_file(&file.path).await.map_err(|e| {
+        UserError::new("could not read WAL file").detail(format!("{}: {e}", file.path.display()))
+    })?;
     let options = PutOptions {
         content_type: Some("application/octet-stream"),
+        metadata: [(WAL_SHA256_METADATA.to_string(), digest.clone())].into(),
         ..PutOptions::create_only()
     };
     let outcome = match ctx.store.put(&key, payload, &options).await {
         Ok(()) => Outcome::Uploaded,
         Err(StoreError::AlreadyExists { .. }) => {
-            if !archived_copy_matches(ctx, &key, &file.path).await? {
+            let Some(compared) = compare_archived(ctx, &key, &file.path, &digest).await? else {
                 return Err(UserError::new(format!(
                     "WAL file {} is already archived with different content",
                     file.name
@@ -227,8 +243,8 @@ async fn push_one(
                 ))
                 .hint("Two servers may be archiving to the same prefix (a split brain, or a restored or promoted server still using its origin's prefix), or a timeline was reused. Give each server its own prefix and find out which copy is right before removing either.")
                 .into());
-            }
-            Outcome::AlreadyArchived
+            };
+            Outcome::AlreadyArchived(compared)
         }
         Err(StoreError::Payload { source, .. }) => {
             return Err(UserError::new("could not read WAL file")
@@ -243,7 +259,12 @@ async fn push_one(
     };
     let rate = format_kib_per_second(md.len(), started.elapsed().as_secs_f64());
     let msg = match outcome {
-        Outcome::AlreadyArchived => "WAL file was already archived with the same content",
+        Outcome::AlreadyArchived(Compared::Digest) => {
+            "WAL file was already archived with the same content (SHA-256 compared)"
+        }
+        Outcome::AlreadyArchived(Compared::Content) => {
+            "WAL file was already archived with the same content (compared byte by byte)"
+        }
         _ => "completed archiving to a file",
     };
     log_state(ctx, &url, &file.name, "complete", Some(&rate), msg);
@@ -268,63 +289,104 @@ fn log_state(ctx: &Context, url: &str, seg: &str, state: &str, rate: Option<&str
     }
 }
 
-/// Whether the stored object decodes to exactly the local file's bytes.
-async fn archived_copy_matches(
+/// The SHA-256 of a file's bytes, in lower-case hex.
+async fn sha256_of_file(path: &Path) -> io::Result<String> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0; lzop::BLOCK_SIZE];
+        loop {
+            match file.read(&mut buf)? {
+                0 => return Ok(hex(&hasher.finalize())),
+                n => hasher.update(&buf[..n]),
+            }
+        }
+    })
+    .await?
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Whether the archived object holds the same WAL as the local file:
+/// `Some(how)` if it does, `None` if it does not. By the digest recorded at
+/// upload where there is one; otherwise by downloading and decoding the
+/// archived copy, which needs the secret key if it is encrypted. Anything
+/// that prevents a comparison is an error: re-archived WAL is never
+/// assumed to be the same.
+async fn compare_archived(
     ctx: &Context,
     key: &str,
     path: &Path,
-) -> Result<bool, CommandError> {
+    digest: &str,
+) -> Result<Option<Compared>, CommandError> {
     let url = ctx.layout.url(key);
-    let cannot_verify = |why: String| -> CommandError {
+    let cannot_compare = |detail: String, hint: &str| -> CommandError {
         UserError::new("WAL file is already archived and could not be compared")
-            .detail(format!("{url} exists; reading it back failed: {why}"))
-            .hint("The archived copy was left unchanged. With encryption, comparing needs the secret key (WALE_GPG_SECRET_KEY_FILE or the GnuPG home).")
+            .detail(format!("{url} exists and was left unchanged; {detail}"))
+            .hint(hint)
             .into()
     };
-    let decrypt_with = match ctx.decryption_keys().await {
-        Ok(keys) => keys,
-        // An archiving host often has only the public key. Refusing here
-        // would stop archiving for good after a crash between upload and
-        // PostgreSQL's bookkeeping, and fill pg_wal; accept, and say so.
+    const READ_HINT: &str = "Comparing needs read access to the archive (S3: s3:GetObject; Azure: read; Swift: read on the container): see Permissions in the README.";
+    // Objects archived by WAL-E or an older wal-e have no digest.
+    let recorded = match ctx.store.head(key).await {
+        Ok(meta) => meta.metadata.get(WAL_SHA256_METADATA).cloned(),
         Err(e) => {
-            tracing::warn!(
-                detail = %format!("{url} exists, but it is encrypted and the secret key is not available here: {}", e.detail.as_deref().unwrap_or(&e.msg)),
-                hint = "Set WALE_GPG_SECRET_KEY_FILE on this host to have re-archived WAL verified.",
-                "WAL file is already archived; its content could not be compared"
-            );
-            return Ok(true);
+            return Err(cannot_compare(
+                format!("looking it up failed: {e}"),
+                READ_HINT,
+            ));
         }
     };
+    if let Some(recorded) = recorded {
+        return Ok((recorded.eq_ignore_ascii_case(digest)).then_some(Compared::Digest));
+    }
+    let decrypt_with = ctx.decryption_keys().await.map_err(|e| {
+        cannot_compare(
+            format!(
+                "it has no recorded SHA-256 (archived by WAL-E or an older wal-e) and it is encrypted, but the secret key is not available here: {}",
+                e.detail.as_deref().unwrap_or(&e.msg)
+            ),
+            "Make the secret key available to wal-push on this host (WALE_GPG_SECRET_KEY_FILE) until this file is archived; or, where the secret key is, wal-fetch the archived copy, compare it with this file, and if they are identical delete the archived object so that wal-push archives it again with its SHA-256.",
+        )
+    })?;
     let stored = ctx
         .store
         .get(key)
         .await
-        .map_err(|e| cannot_verify(e.to_string()))?;
+        .map_err(|e| cannot_compare(format!("reading it back failed: {e}"), READ_HINT))?;
+    let read_failed =
+        |e: io::Error| cannot_compare(format!("reading it back failed: {e}"), READ_HINT);
     let mut archived = pipeline::decode(stored.stream, decrypt_with.as_ref());
-    let mut local = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| cannot_verify(e.to_string()))?;
+    let mut local = tokio::fs::File::open(path).await.map_err(&read_failed)?;
     let mut buf = Vec::new();
     while let Some(chunk) = archived.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             // A corrupt or foreign object is not the same WAL.
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(false),
-            Err(e) => return Err(cannot_verify(e.to_string())),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => return Ok(None),
+            Err(e) => return Err(read_failed(e)),
         };
         buf.resize(chunk.len(), 0);
         match local.read_exact(&mut buf).await {
             Ok(_) if buf[..] == chunk[..] => {}
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(cannot_verify(e.to_string())),
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(read_failed(e)),
         }
     }
     // Equal only if the local file has nothing more.
     let mut probe = [0u8; 1];
     match local.read(&mut probe).await {
-        Ok(0) => Ok(true),
-        Ok(_) => Ok(false),
-        Err(e) => Err(cannot_verify(e.to_string())),
+        Ok(0) => Ok(Some(Compared::Content)),
+        Ok(_) => Ok(None),
+        Err(e) => Err(read_failed(e)),
     }
 }

@@ -16,9 +16,11 @@ use tokio_util::io::ReaderStream;
 
 use crate::durable::sync_dir;
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
 
 const TEMP_PREFIX: &str = ".wal-e-tmp.";
+/// Object metadata is kept in extended attributes of this namespace.
+const XATTR_NAMESPACE: &str = "user.";
 const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
@@ -102,7 +104,39 @@ fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
         key,
         size: md.len(),
         last_modified: modified,
+        metadata: Metadata::new(),
     }
+}
+
+/// Stores `metadata` as `user.<name>` extended attributes of `file`. A file
+/// system without them (some NFS servers, old tmpfs) keeps the object
+/// without metadata, which readers treat as unknown.
+fn write_metadata(file: &std::fs::File, metadata: &Metadata) -> io::Result<()> {
+    use xattr::FileExt;
+    for (name, value) in metadata {
+        match file.set_xattr(format!("{XATTR_NAMESPACE}{name}"), value.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The `user.*` extended attributes of `file` that are valid metadata; none
+/// where the file system keeps none.
+fn read_metadata(file: &std::fs::File) -> Metadata {
+    use xattr::FileExt;
+    let Ok(names) = file.list_xattr() else {
+        return Metadata::new();
+    };
+    names
+        .filter_map(|attr| {
+            let name = attr.to_str()?.strip_prefix(XATTR_NAMESPACE)?.to_string();
+            let value = String::from_utf8(file.get_xattr(&attr).ok()??).ok()?;
+            Some((name, value))
+        })
+        .collect()
 }
 
 /// `create_dir_all`, then fsync the parent of every directory it created so
@@ -130,6 +164,30 @@ fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
 }
 
 impl FileStore {
+    /// Opens an object for reading, with its size, time and metadata.
+    async fn open(
+        &self,
+        op: &'static str,
+        key: &str,
+    ) -> Result<(std::fs::File, ObjectMeta), StoreError> {
+        let path = self.path(op, key)?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.missing(op, key, e))?;
+        let md = file.metadata().await.map_err(|e| classify(op, key, e))?;
+        if !md.is_file() {
+            return Err(StoreError::NotFound {
+                key: key.to_string(),
+            });
+        }
+        let file = file.into_std().await;
+        let meta = ObjectMeta {
+            metadata: read_metadata(&file),
+            ..meta_of(key.to_string(), &md)
+        };
+        Ok((file, meta))
+    }
+
     async fn write_temp(
         &self,
         key: &str,
@@ -234,7 +292,9 @@ impl Store for FileStore {
         let temp = self.write_temp(key, &dir, &payload).await?;
         let mode = options.mode;
         let key_owned = key.to_string();
+        let metadata = options.metadata.clone();
         tokio::task::spawn_blocking(move || {
+            write_metadata(temp.as_file(), &metadata).map_err(|e| classify_put(&key_owned, e))?;
             let placed = match mode {
                 // renameat2(RENAME_NOREPLACE) or link+unlink: atomic, no race.
                 PutMode::Create => temp.persist_noclobber(&path),
@@ -248,33 +308,16 @@ impl Store for FileStore {
     }
 
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
-        let path = self.path("get", key)?;
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| self.missing("get", key, e))?;
-        let md = file.metadata().await.map_err(|e| classify("get", key, e))?;
-        if !md.is_file() {
-            return Err(StoreError::NotFound {
-                key: key.to_string(),
-            });
-        }
+        let (file, meta) = self.open("get", key).await?;
         Ok(GetResult {
-            meta: meta_of(key.to_string(), &md),
-            stream: ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
+            meta,
+            stream: ReaderStream::with_capacity(tokio::fs::File::from_std(file), READ_CHUNK)
+                .boxed(),
         })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        let path = self.path("head", key)?;
-        let md = tokio::fs::metadata(&path)
-            .await
-            .map_err(|e| self.missing("head", key, e))?;
-        if !md.is_file() {
-            return Err(StoreError::NotFound {
-                key: key.to_string(),
-            });
-        }
-        Ok(meta_of(key.to_string(), &md))
+        Ok(self.open("head", key).await?.1)
     }
 
     fn list(

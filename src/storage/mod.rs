@@ -11,6 +11,7 @@ mod swift;
 pub mod tls;
 mod wabs;
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -156,12 +157,43 @@ pub(crate) fn checked_length(body: ByteStream, expected: Option<u64>, key: &str)
     .boxed()
 }
 
+/// User metadata carried with an object: S3's `x-amz-meta-<name>`, Azure's
+/// blob metadata, Swift's `X-Object-Meta-<name>`, and on `file://` an
+/// extended attribute `user.<name>` where the file system keeps them. Names
+/// are lowercase ASCII letters and digits, which every service keeps as
+/// given; values are ASCII. WAL-E ignores all of it.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Metadata as the SDKs take it; `None` when there is none to send.
+pub(crate) fn metadata_map(metadata: &Metadata) -> Option<HashMap<String, String>> {
+    (!metadata.is_empty()).then(|| metadata.clone().into_iter().collect())
+}
+
+/// Metadata from the names and values a service returned (some capitalise
+/// the names).
+pub(crate) fn metadata_from<K: AsRef<str>, V: AsRef<str>>(
+    pairs: impl IntoIterator<Item = (K, V)>,
+) -> Metadata {
+    pairs
+        .into_iter()
+        .map(|(name, value)| {
+            (
+                name.as_ref().to_ascii_lowercase(),
+                value.as_ref().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// An object as listed or looked up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     pub key: String,
     pub size: u64,
     pub last_modified: DateTime<Utc>,
+    /// The object's user metadata from `head` and `get`; empty in listings
+    /// (no service lists it) and where the store keeps none.
+    pub metadata: Metadata,
 }
 
 /// Whether a put may replace an existing object.
@@ -182,6 +214,9 @@ pub struct PutOptions {
     pub mode: PutMode,
     /// The object's content type where the backend records one.
     pub content_type: Option<&'static str>,
+    /// User metadata stored with the object (see [`Metadata`]). A backend
+    /// that cannot keep it stores the object without it.
+    pub metadata: Metadata,
 }
 
 impl PutOptions {

@@ -43,7 +43,10 @@ use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+    metadata_from, metadata_map,
+};
 use crate::config::{Env, Settings};
 use crate::error::UserError;
 
@@ -458,6 +461,7 @@ impl Store for WabsStore {
         if ended && !create {
             let opts = BlockBlobClientUploadOptions {
                 blob_content_type: Some(content_type.to_string()),
+                metadata: metadata_map(&options.metadata),
                 ..Default::default()
             };
             return client
@@ -504,6 +508,7 @@ impl Store for WabsStore {
         let opts = BlockBlobClientCommitBlockListOptions {
             blob_content_type: Some(content_type.to_string()),
             if_none_match,
+            metadata: metadata_map(&options.metadata),
             ..Default::default()
         };
         let list = list
@@ -538,6 +543,7 @@ impl Store for WabsStore {
             key: key.to_string(),
             size: size.unwrap_or(0),
             last_modified: to_chrono(result.properties.last_modified),
+            metadata: metadata_from(&result.properties.metadata),
         };
         let key_owned = key.to_string();
         let body = result
@@ -562,6 +568,7 @@ impl Store for WabsStore {
             key: key.to_string(),
             size: rsp.content_length().map_err(header)?.unwrap_or(0),
             last_modified: to_chrono(rsp.last_modified().map_err(header)?),
+            metadata: metadata_from(rsp.metadata().map_err(header)?),
         })
     }
 
@@ -597,6 +604,7 @@ impl Store for WabsStore {
                                 key,
                                 size: props.content_length.unwrap_or(0),
                                 last_modified: to_chrono(props.last_modified),
+                                metadata: Metadata::new(),
                             }))
                         }
                     }

@@ -121,6 +121,46 @@ pub async fn create_only_put_reports_already_exists(store: &dyn Store, base: &st
     assert_eq!(&body[..], b"third");
 }
 
+/// Metadata given at upload comes back from `head` and `get`, for single
+/// requests and for uploads in several parts alike.
+pub async fn metadata_is_kept_with_the_object(store: &dyn Store, base: &str) {
+    let sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    // Larger than an S3 part and an Azure block: a multipart upload.
+    for (name, len) in [("small", 10u64), ("large", 9 << 20)] {
+        let key = format!("{base}wal_005/metadata-{name}");
+        let options = PutOptions {
+            metadata: [("walesha256".to_string(), sha256.to_string())].into(),
+            ..PutOptions::create_only()
+        };
+        store
+            .put(
+                &key,
+                PutPayload::from_fn(move || pattern_stream(len, 7)),
+                &options,
+            )
+            .await
+            .unwrap();
+        let head = store.head(&key).await.unwrap();
+        assert_eq!(head.metadata, options.metadata, "head of {key}");
+        let got = store.get(&key).await.unwrap();
+        assert_eq!(got.meta.metadata, options.metadata, "get of {key}");
+        assert_eq!(
+            digest(got.stream).await.unwrap(),
+            digest(pattern_stream(len, 7)).await.unwrap()
+        );
+        // An object stored without metadata has none.
+        store
+            .put(
+                &key,
+                PutPayload::from_bytes("plain"),
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert!(store.head(&key).await.unwrap().metadata.is_empty(), "{key}");
+    }
+}
+
 pub async fn listing_pages_through_many_keys(store: &dyn Store, base: &str) {
     const N: usize = 2_600;
     let mut want: Vec<String> = (0..N)
@@ -329,6 +369,7 @@ pub async fn run_all(store: Arc<dyn Store>, base: &str) {
     round_trips_of_various_sizes(&*store, base).await;
     missing_objects_are_not_found(&*store, base).await;
     create_only_put_reports_already_exists(&*store, base).await;
+    metadata_is_kept_with_the_object(&*store, base).await;
     listing_pages_through_many_keys(&*store, base).await;
     delete_many_is_idempotent(&*store, base).await;
     payload_errors_abort_the_put(&*store, base).await;

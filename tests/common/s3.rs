@@ -253,6 +253,10 @@ pub struct Faults {
     /// credentials that may write but not read) without asking the server;
     /// 0 passes them on.
     pub object_head_status: AtomicU16,
+    /// Object GETs are answered with this status and an `AccessDenied`
+    /// error (`403`: credentials that may write but not read); 0 passes
+    /// them on.
+    pub object_get_status: AtomicU16,
     /// DeleteObjects is answered, without deleting anything, with a
     /// per-key error for this key: (key, error code).
     pub refuse_delete_of: Mutex<Option<(String, &'static str)>>,
@@ -321,6 +325,14 @@ impl FaultProxy {
                 let head_status = faults.object_head_status.load(Ordering::SeqCst);
                 if req.method() == hyper::Method::HEAD && is_object && head_status != 0 {
                     return full(StatusCode::from_u16(head_status).unwrap(), &[], "");
+                }
+                let get_status = faults.object_get_status.load(Ordering::SeqCst);
+                if req.method() == hyper::Method::GET && is_object && get_status != 0 {
+                    return full(
+                        StatusCode::from_u16(get_status).unwrap(),
+                        &[("content-type", "application/xml")],
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>",
+                    );
                 }
                 if req.headers().contains_key("if-none-match")
                     && faults.reject_conditional.load(Ordering::SeqCst)

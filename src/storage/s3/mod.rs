@@ -13,8 +13,11 @@
 //!   (on PutObject and CompleteMultipartUpload); `412` means the object
 //!   exists. A server that answers `501 NotImplemented` to the header is
 //!   remembered, and later puts rely on the lookup alone (said at debug
-//!   level); one that ignores the header is still protected by the lookup,
-//!   except against a writer racing between the lookup and the PUT.
+//!   level), but only where the lookup positively said "not found": with
+//!   credentials that may not look keys up (`403`) such a put fails, naming
+//!   the permission, rather than write unconditionally over an archived
+//!   object. A server that ignores the header is still protected by the
+//!   lookup, except against a writer racing between the lookup and the PUT.
 //! * Errors are classified for [`super::RetryingStore`]: a `404` is "not
 //!   found" only once the bucket is known to exist (one HeadBucket per
 //!   process: a HEAD's 404 has no error code, and some servers say NoSuchKey
@@ -53,7 +56,10 @@ use md5::{Digest, Md5};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+    metadata_from, metadata_map,
+};
 use crate::ByteStream;
 use crate::config::{Env, Settings};
 use crate::error::UserError;
@@ -493,13 +499,26 @@ impl S3Store {
         options.mode == PutMode::Create && !self.no_conditional_writes.load(Ordering::Relaxed)
     }
 
-    /// Remembers that the server does not do conditional writes.
-    fn conditional_unsupported(&self, key: &str, error: &S3Failure) {
+    /// After a `501` to `If-None-Match`: remembers that the server does not
+    /// do conditional writes, and allows the unconditional write only if the
+    /// lookup before it positively said the key does not exist (`absent`).
+    /// Otherwise (the credentials may not look keys up) an unconditional
+    /// write could replace an archived object: refused.
+    fn conditional_unsupported(
+        &self,
+        key: &str,
+        error: &S3Failure,
+        absent: bool,
+    ) -> Result<(), StoreError> {
         self.no_conditional_writes.store(true, Ordering::Relaxed);
+        if !absent {
+            return Err(create_unverifiable(key, &error.to_string()));
+        }
         tracing::debug!(
             detail = %format!("Writing {key}: {error}"),
             "the server does not support If-None-Match on writes; create-only puts rely on looking the key up first"
         );
+        Ok(())
     }
 
     async fn head_object(&self, key: &str) -> Result<ObjectMeta, StoreError> {
@@ -515,6 +534,7 @@ impl S3Store {
                 key: key.to_string(),
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 last_modified: last_modified(out.last_modified()),
+                metadata: metadata_from(out.metadata().into_iter().flatten()),
             }),
             Err(e) => Err(classify(e).into_store_error("head", key)),
         }
@@ -555,6 +575,7 @@ impl S3Store {
         key: &str,
         body: Bytes,
         options: &PutOptions,
+        absent: bool,
     ) -> Result<(), StoreError> {
         let mut conditional = self.conditional(options);
         loop {
@@ -570,6 +591,7 @@ impl S3Store {
                 .set_server_side_encryption(sse)
                 .set_ssekms_key_id(kms_key)
                 .set_storage_class(self.storage_class.clone())
+                .set_metadata(metadata_map(&options.metadata))
                 .set_if_none_match(conditional.then(|| "*".to_string()))
                 .body(SdkByteStream::from(body.clone()))
                 .send()
@@ -579,7 +601,7 @@ impl S3Store {
                 Err(e) => {
                     let failure = classify::<PutObjectError>(e);
                     if conditional && matches!(failure.class, Class::NotImplemented) {
-                        self.conditional_unsupported(key, &failure.error);
+                        self.conditional_unsupported(key, &failure.error, absent)?;
                         conditional = false;
                         continue;
                     }
@@ -596,6 +618,7 @@ impl S3Store {
         first_permit: OwnedSemaphorePermit,
         mut reader: PartReader,
         options: &PutOptions,
+        absent: bool,
     ) -> Result<(), StoreError> {
         let (sse, kms_key) = self.sse_header();
         let created = self
@@ -607,6 +630,7 @@ impl S3Store {
             .set_server_side_encryption(sse)
             .set_ssekms_key_id(kms_key)
             .set_storage_class(self.storage_class.clone())
+            .set_metadata(metadata_map(&options.metadata))
             .send()
             .await
             .map_err(|e| classify(e).into_store_error("put", key))?;
@@ -624,7 +648,7 @@ impl S3Store {
             let parts = self
                 .upload_parts(key, &upload_id, first, first_permit, &mut reader)
                 .await?;
-            self.complete(key, &upload_id, parts, options).await
+            self.complete(key, &upload_id, parts, options, absent).await
         }
         .await;
         match result {
@@ -704,6 +728,7 @@ impl S3Store {
         upload_id: &str,
         parts: Vec<CompletedPart>,
         options: &PutOptions,
+        absent: bool,
     ) -> Result<(), StoreError> {
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(parts))
@@ -725,7 +750,7 @@ impl S3Store {
                 Err(e) => {
                     let failure = classify::<CompleteMultipartUploadError>(e);
                     if conditional && matches!(failure.class, Class::NotImplemented) {
-                        self.conditional_unsupported(key, &failure.error);
+                        self.conditional_unsupported(key, &failure.error, absent)?;
                         conditional = false;
                         continue;
                     }
@@ -760,6 +785,7 @@ impl S3Store {
                         key: o.key()?.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
                         last_modified: last_modified(o.last_modified()),
+                        metadata: Metadata::new(),
                     })
                 })
                 .collect();
@@ -780,6 +806,18 @@ impl S3Store {
             Ok((items, next))
         }
     }
+}
+
+/// A create-only put that neither the server (no `If-None-Match`) nor a
+/// lookup (no permission) can make safe.
+fn create_unverifiable(key: &str, why: &str) -> StoreError {
+    StoreError::permanent(
+        "put",
+        key,
+        format!(
+            "cannot write without risking to replace an existing object: this S3 server does not support If-None-Match on writes (501 NotImplemented) and the credentials may not look the key up (403 on HEAD): grant s3:GetObject and s3:ListBucket on the prefix ({why})"
+        ),
+    )
 }
 
 fn joined(
@@ -826,6 +864,9 @@ impl Store for S3Store {
         payload: PutPayload,
         options: &PutOptions,
     ) -> Result<(), StoreError> {
+        // Whether a lookup positively said the key does not exist: only then
+        // may a create-only put fall back to an unconditional write.
+        let mut absent = false;
         if options.mode == PutMode::Create {
             // Through `head`: a missing bucket is reported before any upload.
             match self.head(key).await {
@@ -834,15 +875,18 @@ impl Store for S3Store {
                         key: key.to_string(),
                     });
                 }
-                Err(StoreError::NotFound { .. }) => {}
+                Err(StoreError::NotFound { .. }) => absent = true,
                 // Credentials that may write but not read (a common way to
-                // harden archiving): the conditional write alone decides.
+                // harden archiving): the conditional write alone decides,
+                // if the server does them.
                 Err(StoreError::Permanent { source, .. })
                     if source
                         .downcast_ref::<S3Failure>()
-                        .is_some_and(|f| f.status == Some(403))
-                        && !self.no_conditional_writes.load(Ordering::Relaxed) =>
+                        .is_some_and(|f| f.status == Some(403)) =>
                 {
+                    if self.no_conditional_writes.load(Ordering::Relaxed) {
+                        return Err(create_unverifiable(key, &source.to_string()));
+                    }
                     tracing::debug!(
                         key,
                         "no permission to look the key up; relying on If-None-Match alone"
@@ -855,11 +899,11 @@ impl Store for S3Store {
         let permit = self.buffer_permit().await;
         let first = reader.next_part(key).await?;
         if reader.at_end(key).await? {
-            let result = self.put_single(key, first, options).await;
+            let result = self.put_single(key, first, options, absent).await;
             drop(permit);
             return result;
         }
-        self.put_multipart(key, first, permit, reader, options)
+        self.put_multipart(key, first, permit, reader, options, absent)
             .await
     }
 
@@ -887,6 +931,7 @@ impl Store for S3Store {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
             last_modified: last_modified(out.last_modified()),
+            metadata: metadata_from(out.metadata().into_iter().flatten()),
         };
         Ok(GetResult {
             meta,

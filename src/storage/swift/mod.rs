@@ -38,7 +38,10 @@ use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+    metadata_from,
+};
 use crate::config::Env;
 use crate::error::UserError;
 use crate::layout::{PARTITION_MAX_BYTES, PARTITION_MAX_MEMBERS};
@@ -321,6 +324,9 @@ impl SwiftStore {
             .body(reqwest::Body::wrap_stream(body));
         if let Some(ct) = options.content_type {
             req = req.header(CONTENT_TYPE, ct);
+        }
+        for (name, value) in &options.metadata {
+            req = req.header(format!("{OBJECT_META}{name}"), value);
         }
         if options.mode == PutMode::Create {
             req = req.header(IF_NONE_MATCH, "*");
@@ -630,6 +636,7 @@ impl SwiftStore {
                 last_modified: parse_listing_time(&e.last_modified),
                 key: e.name,
                 size: e.bytes,
+                metadata: Metadata::new(),
             })
             .collect())
     }
@@ -749,12 +756,21 @@ fn meta_from_headers(key: &str, resp: &Response) -> ObjectMeta {
                 .map(|t| t.with_timezone(&Utc))
         })
         .unwrap_or_default();
+    let metadata = metadata_from(resp.headers().iter().filter_map(|(name, value)| {
+        let name = name.as_str().strip_prefix(OBJECT_META)?;
+        Some((name, value.to_str().ok()?))
+    }));
     ObjectMeta {
         key: key.to_string(),
         size,
         last_modified,
+        metadata,
     }
 }
+
+/// The header prefix of user metadata; reqwest gives header names in lower
+/// case.
+const OBJECT_META: &str = "x-object-meta-";
 
 fn parse_x_timestamp(raw: &str) -> Option<DateTime<Utc>> {
     let (secs, frac) = raw.split_once('.').unwrap_or((raw, "0"));
