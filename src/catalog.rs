@@ -15,7 +15,6 @@
 //! prefixes (`re.match`), so it also took e.g. `..._sentinel.json.bak` for a
 //! sentinel. Keys that are not WAL-E's are never counted or deleted.
 
-use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -87,9 +86,9 @@ pub enum StoreObject {
     WalSegment(SegmentName),
     /// `wal_005/<segment>.<offset>.backup.lzo`, PostgreSQL's backup history file.
     BackupHistory(SegmentName),
-    /// `wal_005/<timeline>.history.lzo`: has no WAL position and is never
-    /// deleted by `delete before` or `delete retain`.
-    TimelineHistory,
+    /// `wal_005/<timeline>.history.lzo`, with its timeline: has no WAL
+    /// position and is never deleted by `delete before` or `delete retain`.
+    TimelineHistory(u32),
     /// Not a name WAL-E writes (including `.partial` segments): left alone.
     Unexpected(Unexpected),
 }
@@ -127,7 +126,7 @@ impl StoreObject {
         }
         let segment = |re: &Regex| re.captures(name).and_then(|c| SegmentName::parse(&c[1]));
         if TIMELINE_HISTORY_OBJECT_RE.is_match(name) {
-            StoreObject::TimelineHistory
+            StoreObject::TimelineHistory(u32::from_str_radix(&name[..8], 16).unwrap_or(0))
         } else if let Some(seg) = segment(&WAL_SEGMENT_OBJECT_RE) {
             StoreObject::WalSegment(seg)
         } else if let Some(seg) = segment(&BACKUP_HISTORY_OBJECT_RE) {
@@ -156,6 +155,15 @@ impl StoreObject {
         }
     }
 
+    /// The timeline of a backup, a WAL file or a timeline history file.
+    pub fn timeline(&self) -> Option<u32> {
+        match self {
+            StoreObject::WalSegment(s) | StoreObject::BackupHistory(s) => Some(s.timeline),
+            StoreObject::TimelineHistory(timeline) => Some(*timeline),
+            other => other.backup().map(|b| b.start_segment.timeline),
+        }
+    }
+
     /// WAL-E's words in its `deleting <kind>` log line.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -164,7 +172,7 @@ impl StoreObject {
             StoreObject::Volume(_) => "a base backup volume",
             StoreObject::WalSegment(_) => "a wal file",
             StoreObject::BackupHistory(_) => "a backup history file",
-            StoreObject::TimelineHistory => "a timeline history file",
+            StoreObject::TimelineHistory(_) => "a timeline history file",
             StoreObject::Unexpected(_) => "an unexpected key",
         }
     }
@@ -365,30 +373,6 @@ pub async fn find_backup(ctx: &Context, query: &str) -> Result<Option<BackupInfo
     Ok(query.select(&backups).cloned())
 }
 
-/// Warns when the backups span more than one timeline: ordering by WAL
-/// position ignores timelines, so after a restore to an earlier point (or
-/// with two servers sharing a prefix) "newest" may not mean what it seems.
-/// Returns whether it warned.
-pub fn warn_if_mixed_timelines(backups: &[BackupInfo]) -> bool {
-    let timelines: BTreeSet<u32> = backups
-        .iter()
-        .map(|b| b.name.start_segment.timeline)
-        .collect();
-    if timelines.len() < 2 {
-        return false;
-    }
-    let list: Vec<String> = timelines.iter().map(|t| format!("{t:08X}")).collect();
-    tracing::warn!(
-        detail = %format!(
-            "Timelines {} are present. Backups are ordered by WAL position (log and segment number), ignoring the timeline, as WAL-E does.",
-            list.join(", ")
-        ),
-        hint = "After a restore to an earlier point and a promotion, or with two servers archiving to one prefix, a backup of a newer timeline can have a lower position than an older one and be treated as older. Check backup-list before deleting, and give each server its own prefix.",
-        "base backups from more than one timeline"
-    );
-    true
-}
-
 /// `last_modified` as each of WAL-E's backends printed it in `backup-list`.
 pub fn format_last_modified(scheme: Scheme, at: DateTime<Utc>) -> String {
     let format = match scheme {
@@ -492,7 +476,7 @@ mod tests {
                 "000000010000000000000002.00000028.backup.lzo",
                 StoreObject::BackupHistory(seg),
             ),
-            ("00000002.history.lzo", StoreObject::TimelineHistory),
+            ("00000002.history.lzo", StoreObject::TimelineHistory(2)),
             (
                 "000000010000000000000002.partial.lzo",
                 StoreObject::Unexpected(Unexpected::WalPattern),
@@ -519,7 +503,7 @@ mod tests {
             "base_0000000100000001000000FF_00000040_backup_stop_sentinel.json",
         );
         assert!(a.position().unwrap() < b.position().unwrap());
-        assert_eq!(StoreObject::TimelineHistory.position(), None);
+        assert_eq!(StoreObject::TimelineHistory(2).position(), None);
         assert_eq!(StoreObject::Unexpected(Unexpected::Depth).position(), None);
     }
 
@@ -553,20 +537,6 @@ mod tests {
         let err = BackupQuery::parse("latest").unwrap_err();
         assert_eq!(err.msg, "invalid backup query submitted");
         assert_eq!(BackupQuery::Latest.select(&[]), None);
-    }
-
-    #[test]
-    fn mixed_timelines_are_detected() {
-        let one = [
-            info("base_000000010000000000000002_00000040", 1),
-            info("base_000000010000000000000005_00000040", 2),
-        ];
-        assert!(!warn_if_mixed_timelines(&one));
-        let two = [
-            info("base_000000010000000000000002_00000040", 1),
-            info("base_000000020000000000000005_00000040", 2),
-        ];
-        assert!(warn_if_mixed_timelines(&two));
     }
 
     #[test]

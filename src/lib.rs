@@ -17,6 +17,7 @@ pub mod progress;
 pub mod storage;
 pub mod tar_extract;
 pub mod tar_partition;
+pub mod timeline;
 
 use std::io::{self, Write};
 

@@ -584,3 +584,211 @@ fn tablespaces_need_their_links_unless_blind_restore() {
     restored.wait_for_recovery_end(TIMEOUT);
     assert_eq!(restored.psql("SELECT count(*) FROM in_tblspc"), "777");
 }
+
+/// What `delete` (a dry run unless `--confirm`) logs as deleted: store keys
+/// relative to the prefix.
+fn deleted_keys(setup: &Setup, pg: &Cluster, args: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut argv = vec!["delete"];
+    argv.extend_from_slice(args);
+    let out = setup.wal_e(pg, &argv);
+    assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    let url_prefix = format!("{}/", setup.prefix());
+    stderr(&out)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("DETAIL: The key being deleted is "))
+        .map(|url| {
+            url.trim_end_matches('.')
+                .strip_prefix(&url_prefix)
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Every file of the store, relative to it.
+fn store_keys(setup: &Setup) -> std::collections::BTreeSet<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut std::collections::BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.insert(path.strip_prefix(base).unwrap().to_str().unwrap().into());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    let store = setup.path().join("store");
+    walk(&store, &store, &mut out);
+    out
+}
+
+/// After a point-in-time restore from backup A promoted timeline 2 onto the
+/// same prefix, the running cluster's backup C starts earlier in the WAL
+/// than the old timeline's newer backup B. `retain` and `before` go by
+/// sentinel time, so cron's `delete --confirm retain 1` keeps C and the WAL
+/// it needs, and C restores to the end of the archive. Fails on main, which
+/// kept B by position and deleted C with the WAL of timeline 2.
+#[test]
+fn retention_after_a_point_in_time_restore_keeps_the_running_timelines_backup() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.psql("CREATE TABLE rows (id serial PRIMARY KEY, note text)");
+    pg.psql("INSERT INTO rows (note) VALUES ('before A')");
+    pg.psql("CHECKPOINT");
+    let push = |cluster: &Cluster| {
+        let out = setup.wal_e(
+            cluster,
+            &["backup-push", cluster.data_dir.to_str().unwrap()],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let mut names = setup.sentinels();
+        names.sort();
+        names
+    };
+    let a_sentinel = push(&pg).pop().unwrap();
+    let name_of = |sentinel: &str| {
+        sentinel
+            .trim_end_matches("_backup_stop_sentinel.json")
+            .to_string()
+    };
+    let a = name_of(&a_sentinel);
+    pg.psql("INSERT INTO rows (note) VALUES ('after A')");
+    let target = pg.psql("SELECT clock_timestamp()");
+    pg.psql("INSERT INTO rows (note) VALUES ('after the target')");
+    // Timeline 1 moves on well past where timeline 2 will leave it.
+    for _ in 0..6 {
+        pg.psql("INSERT INTO rows (note) SELECT 'filler' FROM generate_series(1, 100)");
+        pg.switch_wal();
+    }
+    pg.psql("CHECKPOINT");
+    let b = push(&pg)
+        .into_iter()
+        .map(|s| name_of(&s))
+        .find(|n| *n != a)
+        .unwrap();
+    let last = pg.switch_wal();
+    pg.wait_for_archived(&last, TIMEOUT);
+    pg.stop();
+
+    // Point-in-time restore of A to before B, archiving to the same prefix.
+    let pitr_dir = setup.path().join("pitr");
+    let out = setup.wal_e(&pg, &["backup-fetch", pitr_dir.to_str().unwrap(), &a]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    copy_config(&pg.data_dir, &pitr_dir);
+    let pitr = Cluster::existing(pitr_dir);
+    pitr.append_conf(&format!(
+        "restore_command = '{} wal-fetch \"%f\" \"%p\"'\n\
+         recovery_target_time = '{target}'\nrecovery_target_action = 'promote'\n",
+        setup.wal_e_env()
+    ));
+    pitr.touch("recovery.signal");
+    pitr.start();
+    pitr.wait_for_recovery_end(TIMEOUT);
+    assert_eq!(
+        pitr.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    pitr.psql("INSERT INTO rows (note) VALUES ('timeline 2, before C')");
+    pitr.psql("CHECKPOINT");
+    let c = push(&pitr)
+        .into_iter()
+        .map(|s| name_of(&s))
+        .find(|n| *n != a && *n != b)
+        .unwrap();
+    pitr.psql("INSERT INTO rows (note) VALUES ('timeline 2, after C')");
+    let expected = pitr.psql("SELECT string_agg(note, ',' ORDER BY id) FROM rows");
+    let last = pitr.switch_wal();
+    pitr.wait_for_archived(&last, TIMEOUT);
+    pitr.stop();
+
+    // The point of the test: C is the newest backup but not the furthest
+    // along in the WAL.
+    let position = |name: &str| u64::from_str_radix(&name[13..29], 16).unwrap();
+    assert!(c.starts_with("base_00000002"), "{c}");
+    assert!(position(&c) < position(&b), "C {c} starts before B {b}");
+
+    // Dry runs: what each choice would delete, from the rule (backups not
+    // kept; WAL of every timeline before the oldest kept backup's start).
+    let all = store_keys(&setup);
+    let backup_keys = |name: &str| -> std::collections::BTreeSet<String> {
+        all.iter().filter(|k| k.contains(name)).cloned().collect()
+    };
+    let wal_before = |horizon: &str| -> std::collections::BTreeSet<String> {
+        all.iter()
+            .filter(|k| {
+                let name = k.strip_prefix("wal_005/").unwrap_or("");
+                name.len() >= 24
+                    && !name.contains(".history")
+                    && u64::from_str_radix(&name[8..24], 16).is_ok_and(|p| p < position(horizon))
+            })
+            .cloned()
+            .collect()
+    };
+    let union = |sets: &[std::collections::BTreeSet<String>]| {
+        sets.iter()
+            .flatten()
+            .cloned()
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let cases: [(&[&str], std::collections::BTreeSet<String>); 5] = [
+        (
+            &["retain", "1"],
+            union(&[backup_keys(&a), backup_keys(&b), wal_before(&c)]),
+        ),
+        (&["retain", "2"], union(&[backup_keys(&a), wal_before(&c)])),
+        (&["before", &a], wal_before(&a)),
+        (&["before", &b], union(&[backup_keys(&a), wal_before(&c)])),
+        (
+            &["before", &c],
+            union(&[backup_keys(&a), backup_keys(&b), wal_before(&c)]),
+        ),
+    ];
+    for (args, want) in &cases {
+        assert!(!want.is_empty() || args[0] == "before", "{args:?}");
+        assert_eq!(&deleted_keys(&setup, &pg, args), want, "{args:?}");
+    }
+    assert_eq!(store_keys(&setup), all, "dry runs delete nothing");
+    assert!(
+        all.iter().any(|k| k.ends_with("00000002.history.lzo")),
+        "the timeline history is archived"
+    );
+
+    let deleted = deleted_keys(&setup, &pg, &["--confirm", "retain", "1"]);
+    assert_eq!(deleted, cases[0].1);
+    assert_eq!(
+        setup.sentinels(),
+        vec![format!("{c}_backup_stop_sentinel.json")]
+    );
+    assert!(
+        store_keys(&setup)
+            .iter()
+            .any(|k| k.ends_with("00000002.history.lzo"))
+    );
+
+    // LATEST is C; recovery follows timeline 2 to the end of the archive.
+    let restored_dir = setup.path().join("restored");
+    let out = setup.wal_e(
+        &pg,
+        &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    copy_config(&pg.data_dir, &restored_dir);
+    let restored = Cluster::existing(restored_dir);
+    restored.append_conf(&format!(
+        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
+        setup.wal_e_env()
+    ));
+    restored.touch("recovery.signal");
+    restored.start();
+    restored.wait_for_recovery_end(TIMEOUT);
+    assert_eq!(
+        restored.psql("SELECT string_agg(note, ',' ORDER BY id) FROM rows"),
+        expected
+    );
+    assert!(
+        expected.ends_with("timeline 2, before C,timeline 2, after C"),
+        "{expected}"
+    );
+    assert!(!expected.contains("after the target"), "{expected}");
+}

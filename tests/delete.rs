@@ -114,17 +114,13 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    // Everything older than position 9 (B3's start): B1, B2, the orphaned
-    // upload, timeline 1 WAL 1..8 and the backup history files of 2 and 5.
-    let mut older_than_b3: Vec<String> = Vec::new();
-    older_than_b3.extend(keys_of_backup(B1));
-    older_than_b3.extend(keys_of_backup(B2));
-    older_than_b3.extend(fx::backup_data_keys(ORPHAN, 1));
-    older_than_b3.extend(wal_tl1(1..=8));
-    older_than_b3.push(fx::backup_history(1, 2, 0x28));
-    older_than_b3.push(fx::backup_history(1, 5, 0x60));
+    // Sentinel times: B1 < B3 < B2, while positions are B1 2 < B2 5 < B3 9.
+    // Timeline 2 (B3's, the newest) left timeline 1 before B2 started, so
+    // B2 cannot restore it: whatever keeps B2 alone keeps B3 too.
+    let keeping_b3 = format!("keeping backup {B3} as well");
 
-    // Older than position 5 (B2's start).
+    // Older than position 5 (B2's start): B1, the orphaned upload, timeline
+    // 1 WAL 1..4 and the backup history file of 2.
     let mut older_than_b2: Vec<String> = Vec::new();
     older_than_b2.extend(keys_of_backup(B1));
     older_than_b2.extend(fx::backup_data_keys(ORPHAN, 1));
@@ -153,11 +149,27 @@ fn cases() -> Vec<Case> {
 
     vec![
         Case {
-            name: "before a backup",
-            args: &["before", B3],
-            deleted: older_than_b3.clone(),
+            name: "before B1",
+            args: &["before", B1],
+            deleted: older_than_b1.clone(),
             kind: before_kind,
-            logs: vec![("WARNING", "base backups from more than one timeline".into())],
+            logs: vec![],
+            warns_about_strays: true,
+        },
+        Case {
+            name: "before B2",
+            args: &["before", B2],
+            deleted: older_than_b2.clone(),
+            kind: before_kind,
+            logs: vec![("WARNING", keeping_b3.clone())],
+            warns_about_strays: true,
+        },
+        Case {
+            name: "before B3",
+            args: &["before", B3],
+            deleted: older_than_b2.clone(),
+            kind: before_kind,
+            logs: vec![],
             warns_about_strays: true,
         },
         Case {
@@ -171,11 +183,11 @@ fn cases() -> Vec<Case> {
         Case {
             name: "retain 1",
             args: &["retain", "1"],
-            deleted: older_than_b3,
+            deleted: older_than_b2.clone(),
             kind: before_kind,
             logs: vec![
-                ("WARNING", "base backups from more than one timeline".into()),
-                ("INFO", "Deleting 2 oldest base backups.".into()),
+                ("WARNING", keeping_b3),
+                ("INFO", "Deleting 1 oldest base backups.".into()),
             ],
             warns_about_strays: true,
         },
@@ -448,7 +460,7 @@ fn retain_without_complete_backups_deletes_nothing() {
 }
 
 #[test]
-fn before_warns_when_it_would_leave_no_backup_or_names_a_missing_one() {
+fn before_warns_when_it_would_leave_no_backup_and_refuses_a_missing_backup() {
     let env = fresh_store();
     let (code, err) = run_delete(&env, &[], &["before", "0000000100000000000000FF"]);
     assert_eq!(code, 0, "{err}");
@@ -456,23 +468,38 @@ fn before_warns_when_it_would_leave_no_backup_or_names_a_missing_one() {
         err.contains("WARNING  MSG: delete before removes every complete base backup"),
         "{err}"
     );
+    // "before" compares sentinel times: a backup that does not exist has
+    // none. Fails on main, which deleted by the name's position anyway.
+    let before = snapshot(&env);
     let (code, err) = run_delete(
         &env,
-        &[],
+        &["--confirm"],
         &["before", "base_000000010000000000000004_00000000"],
     );
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("WARNING  MSG: the backup named for delete before is not in the store"),
+        err.contains("ERROR    MSG: the backup named for delete before is not in the store"),
         "{err}"
     );
-    let recs = records(&err);
-    let keys: BTreeSet<String> = deleting(&env, &recs).into_iter().map(|(k, _)| k).collect();
+    assert!(err.contains("HINT: "), "{err}");
+    assert_eq!(snapshot(&env), before, "nothing deleted");
+}
+
+/// The newest timeline cannot be placed without its history file: delete
+/// refuses instead of guessing which backups can restore it.
+#[test]
+fn a_timeline_without_history_makes_retention_refuse() {
+    let env = fresh_store();
+    std::fs::remove_file(env.root().join(fx::TIMELINE_HISTORY)).unwrap();
+    let before = snapshot(&env);
+    let (code, err) = run_delete(&env, &["--confirm"], &["retain", "1"]);
+    assert_eq!(code, 1, "{err}");
     assert!(
-        keys.contains(&fx::sentinel_key(B1)),
-        "still deletes what is older"
+        err.contains("MSG: cannot tell which base backups can restore timeline 2"),
+        "{err}"
     );
-    assert!(!keys.contains(&fx::sentinel_key(B2)));
+    assert!(err.contains("00000002.history"), "{err}");
+    assert_eq!(snapshot(&env), before, "nothing deleted");
 }
 
 #[test]

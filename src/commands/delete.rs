@@ -21,12 +21,17 @@
 
 use std::cmp::Reverse;
 
+use futures_util::StreamExt;
+
 use super::Context;
 use crate::catalog::{self, BackupInfo, Entry, StoreObject};
 use crate::cli::{DeleteArgs, DeleteTarget};
 use crate::error::{CmdResult, UserError};
-use crate::layout::{BackupName, Layout, OBSOLETE_VERSIONS, SegmentName};
+use crate::layout::{BackupName, Layout, OBSOLETE_VERSIONS, SegmentName, VERSION};
+use crate::pipeline;
+use crate::postgres;
 use crate::storage::Store;
+use crate::timeline::{self, Timelines};
 
 /// Most keys in one batch delete (WAL-E's `PAGINATION_MAX`, S3's limit).
 pub const BATCH_SIZE: usize = 1000;
@@ -132,56 +137,81 @@ pub async fn run(ctx: &Context, args: &DeleteArgs) -> CmdResult {
 async fn plan_before(ctx: &Context, horizon: &Horizon) -> Result<Vec<Doomed>, UserError> {
     let basebackups = catalog::list_basebackups(ctx).await?;
     let backups = catalog::complete_backups(&basebackups);
-    catalog::warn_if_mixed_timelines(&backups);
-    let position = horizon.position();
-    if let Horizon::Backup(name) = horizon
-        && !backups.iter().any(|b| b.name == *name)
-    {
-        tracing::warn!(
-            detail = %format!("There is no complete base backup named {name}; deleting what is older than its start segment {} anyway.", name.start_segment),
-            "the backup named for delete before is not in the store"
-        );
-    }
-    if !backups.is_empty() && backups.iter().all(|b| b.position() < position) {
-        tracing::warn!(
-            detail = %format!("All {} complete base backups start before the horizon.", backups.len()),
-            hint = "No base backup will be left to restore from.",
-            "delete before removes every complete base backup"
-        );
-    }
+    let (keep, floor) = match horizon {
+        // Older means older by sentinel time, as LATEST is the newest.
+        Horizon::Backup(name) => {
+            let Some(named) = backups.iter().find(|b| b.name == *name) else {
+                return Err(UserError::new("the backup named for delete before is not in the store")
+                    .detail(format!("There is no complete base backup named {name} in {}.", ctx.settings.prefix.url))
+                    .hint("backup-list shows the complete backups; delete before compares their times, so it needs one that exists. Nothing was deleted."));
+            };
+            let keep: Vec<&BackupInfo> = backups
+                .iter()
+                .filter(|b| b.last_modified >= named.last_modified)
+                .collect();
+            (keep, None)
+        }
+        // A segment has no time: positions decide, as in WAL-E.
+        Horizon::Segment(segment) => {
+            let position = segment.position();
+            let keep: Vec<&BackupInfo> = backups
+                .iter()
+                .filter(|b| b.position() >= position)
+                .collect();
+            if keep.is_empty() && !backups.is_empty() {
+                tracing::warn!(
+                    detail = %format!("All {} complete base backups start before the horizon.", backups.len()),
+                    hint = "No base backup will be left to restore from.",
+                    "delete before removes every complete base backup"
+                );
+            }
+            (keep, Some(position))
+        }
+    };
     let wal = catalog::list_wal(ctx).await?;
-    Ok(sweep_before(&ctx.layout, position, &basebackups, &wal))
+    let keep = keep_latest_timeline_restorable(ctx, &backups, keep, &wal).await?;
+    Ok(sweep(
+        &ctx.layout,
+        &backups,
+        &keep,
+        floor,
+        &basebackups,
+        &wal,
+    ))
 }
 
-/// The complete backup that sets `retain n`'s horizon: the n-th newest by
-/// WAL position, or the oldest when there are at most n.
-pub fn retain_horizon(backups: &[BackupInfo], n: usize) -> Option<&BackupInfo> {
+/// The `n` newest complete backups by sentinel time (as LATEST picks the
+/// newest), newest first; position breaks ties.
+pub fn newest_by_time(backups: &[BackupInfo], n: usize) -> Vec<&BackupInfo> {
     let mut newest_first: Vec<&BackupInfo> = backups.iter().collect();
-    newest_first.sort_by_key(|b| Reverse(b.position()));
+    newest_first.sort_by_key(|b| Reverse((b.last_modified, b.position())));
+    newest_first.truncate(n);
     newest_first
-        .get(n.saturating_sub(1))
-        .or(newest_first.last())
-        .copied()
 }
 
 async fn plan_retain(ctx: &Context, n: usize) -> Result<Vec<Doomed>, UserError> {
     let basebackups = catalog::list_basebackups(ctx).await?;
     let backups = catalog::complete_backups(&basebackups);
-    catalog::warn_if_mixed_timelines(&backups);
-    let Some(last_retained) = retain_horizon(&backups, n) else {
+    if backups.is_empty() {
         tracing::warn!(
             detail = "No existing base backups.",
             hint = "delete retain only deletes what is older than the oldest backup it keeps.",
             "Not deleting any data."
         );
         return Ok(Vec::new());
-    };
-    let horizon = last_retained.position();
+    }
+    let keep = newest_by_time(&backups, n);
+    let wal = catalog::list_wal(ctx).await?;
+    let keep = keep_latest_timeline_restorable(ctx, &backups, keep, &wal).await?;
+    let older = backups.len() - keep.len();
+    let oldest_kept = keep
+        .iter()
+        .min_by_key(|b| (b.last_modified, b.position()))
+        .expect("at least one backup is kept");
     let hint = format!(
         "Deleting keys older than {}.",
-        ctx.layout.url(&last_retained.sentinel_key)
+        ctx.layout.url(&oldest_kept.sentinel_key)
     );
-    let older = backups.iter().filter(|b| b.position() < horizon).count();
     if older > 0 {
         tracing::info!(
             detail = %format!("Found {} total base backups.", backups.len()),
@@ -193,20 +223,188 @@ async fn plan_retain(ctx: &Context, n: usize) -> Result<Vec<Doomed>, UserError> 
     } else {
         tracing::info!(hint = %hint, "Retaining all {} base backups.", backups.len());
     }
-    let wal = catalog::list_wal(ctx).await?;
-    Ok(sweep_before(&ctx.layout, horizon, &basebackups, &wal))
+    Ok(sweep(
+        &ctx.layout,
+        &backups,
+        &keep,
+        None,
+        &basebackups,
+        &wal,
+    ))
 }
 
-/// What `delete before` removes: every base backup object (complete or not)
-/// whose backup starts before `horizon`, sentinels first, then every WAL
-/// segment and backup history file before it. Timeline history files are
-/// kept; keys that are not WAL-E's are kept with a warning.
-pub fn sweep_before(
+/// Makes sure the newest timeline of the archive (the running cluster's,
+/// after a point-in-time restore that promoted) can still be restored
+/// after the delete: if no kept backup can reach it, the newest backup that
+/// can is kept too, with a warning. Decided from the timeline history files
+/// only when no kept backup is on that timeline itself; a timeline whose
+/// history cannot be read makes the delete refuse rather than guess.
+async fn keep_latest_timeline_restorable<'b>(
+    ctx: &Context,
+    backups: &'b [BackupInfo],
+    mut keep: Vec<&'b BackupInfo>,
+    wal: &[Entry],
+) -> Result<Vec<&'b BackupInfo>, UserError> {
+    let timeline_of = |b: &BackupInfo| b.name.start_segment.timeline;
+    let latest = wal
+        .iter()
+        .filter_map(|e| e.object.timeline())
+        .chain(backups.iter().map(timeline_of))
+        .max();
+    let Some(latest) = latest else {
+        return Ok(keep);
+    };
+    if keep.is_empty() || keep.iter().any(|b| timeline_of(b) == latest) {
+        return Ok(keep);
+    }
+    let lineage = Lineage::load(ctx, wal).await?;
+    let reaches = |b: &BackupInfo| {
+        timeline::reaches(&lineage.timelines, &b.name, latest, lineage.segment_size).map_err(
+            |missing| {
+                UserError::new(format!(
+                    "cannot tell which base backups can restore timeline {latest}"
+                ))
+                .detail(format!(
+                    "Timeline {latest} is the newest in the archive, no backup kept is on it, and the history file of timeline {missing} ({missing:08X}.history) is not in {}.",
+                    ctx.layout.url(&ctx.layout.key(&format!("wal_{VERSION}/")))
+                ))
+                .hint("PostgreSQL archives a timeline's history file when it promotes; check that archive_command worked then, or copy the file from the promoted server's pg_wal into the archive. Nothing was deleted.")
+            },
+        )
+    };
+    for kept in &keep {
+        if reaches(kept)? {
+            return Ok(keep);
+        }
+    }
+    let mut others: Vec<&BackupInfo> = newest_by_time(backups, backups.len());
+    others.retain(|b| !keep.iter().any(|k| k.name == b.name));
+    for candidate in others {
+        if reaches(candidate)? {
+            tracing::warn!(
+                detail = %format!(
+                    "Timeline {latest} is the newest in the archive, and none of the backups selected for keeping can restore it; {} is the newest backup that can.",
+                    candidate.name
+                ),
+                hint = "After a point-in-time restore, take a new base backup of the promoted server so that older timelines can be deleted.",
+                "keeping backup {} as well", candidate.name
+            );
+            keep.push(candidate);
+            return Ok(keep);
+        }
+    }
+    tracing::warn!(
+        detail = %format!("Timeline {latest} is the newest in the archive, and no complete backup can restore it."),
+        hint = "Take a base backup of the server on that timeline.",
+        "no base backup can restore the newest timeline"
+    );
+    Ok(keep)
+}
+
+/// The timeline histories of an archive, and its WAL segment size (which
+/// places a backup's start against the switch locations in the histories).
+struct Lineage {
+    timelines: Timelines,
+    segment_size: u64,
+}
+
+impl Lineage {
+    async fn load(ctx: &Context, wal: &[Entry]) -> Result<Lineage, UserError> {
+        let cannot = |what: String, why: String| {
+            UserError::new("cannot read the timeline history of the archive")
+                .detail(format!("{what}: {why}"))
+                .hint("delete needs to read timeline history files (and the header of one WAL segment) to keep the backups the newest timeline needs; with encryption that takes the secret key. Nothing was deleted.")
+        };
+        let decrypt_with = ctx
+            .decryption_keys()
+            .await
+            .map_err(|e| cannot("loading the secret key".into(), e.to_string()))?;
+        let read = |key: String, limit: usize| {
+            let decrypt_with = decrypt_with.clone();
+            async move {
+                let url = ctx.layout.url(&key);
+                let stored = ctx
+                    .store
+                    .get(&key)
+                    .await
+                    .map_err(|e| cannot(url.clone(), e.to_string()))?;
+                let mut plain = pipeline::decode(stored.stream, decrypt_with.as_ref());
+                let mut bytes = Vec::new();
+                while bytes.len() < limit {
+                    match plain.next().await {
+                        Some(chunk) => bytes.extend_from_slice(
+                            &chunk.map_err(|e| cannot(url.clone(), e.to_string()))?,
+                        ),
+                        None => break,
+                    }
+                }
+                Ok::<_, UserError>((url, bytes))
+            }
+        };
+        let mut timelines = Timelines::default();
+        for entry in wal {
+            let StoreObject::TimelineHistory(timeline) = entry.object else {
+                continue;
+            };
+            if ctx.layout.logical(&entry.meta.key)
+                != Some(&*format!("wal_{VERSION}/{timeline:08X}.history.lzo"))
+            {
+                continue;
+            }
+            let (url, bytes) = read(entry.meta.key.clone(), MAX_HISTORY_BYTES).await?;
+            let text = String::from_utf8_lossy(&bytes);
+            let switches = timeline::parse_history(&text).map_err(|e| cannot(url, e))?;
+            timelines.insert(timeline, switches);
+        }
+        let first_segment = wal
+            .iter()
+            .find(|e| matches!(e.object, StoreObject::WalSegment(_)))
+            .ok_or_else(|| {
+                cannot(
+                    "the WAL archive".into(),
+                    "it holds no WAL segment to learn the segment size from".into(),
+                )
+            })?;
+        let (url, page) = read(
+            first_segment.meta.key.clone(),
+            postgres::LONG_PAGE_HEADER_SIZE,
+        )
+        .await?;
+        let segment_size = postgres::segment_size_of_first_page(&page)
+            .ok_or_else(|| cannot(url, "it does not start with a WAL page header".into()))?;
+        Ok(Lineage {
+            timelines,
+            segment_size,
+        })
+    }
+}
+
+/// History files are a few lines per timeline; a larger one is not read whole.
+const MAX_HISTORY_BYTES: usize = 1 << 20;
+
+/// What `delete before` and `delete retain` remove, sentinels first:
+/// every complete backup not in `keep`; incomplete uploads, WAL segments and
+/// backup history files that start before the oldest kept backup (and
+/// before `floor`, when given). A kept backup never needs WAL from before
+/// its own start, so every timeline's WAL from there on stays. Timeline
+/// history files are kept; keys that are not WAL-E's are kept with a
+/// warning.
+pub fn sweep(
     layout: &Layout,
-    horizon: u64,
+    backups: &[BackupInfo],
+    keep: &[&BackupInfo],
+    floor: Option<u64>,
     basebackups: &[Entry],
     wal: &[Entry],
 ) -> Vec<Doomed> {
+    let horizon = keep
+        .iter()
+        .map(|b| b.position())
+        .chain(floor)
+        .min()
+        .unwrap_or(u64::MAX);
+    let kept = |name: &BackupName| keep.iter().any(|b| b.name == *name);
+    let complete = |name: &BackupName| backups.iter().any(|b| b.name == *name);
     let mut sentinels = Vec::new();
     let mut backup_data = Vec::new();
     let mut wal_files = Vec::new();
@@ -226,7 +424,12 @@ pub fn sweep_before(
         let Some(position) = entry.object.position() else {
             continue;
         };
-        if position >= horizon {
+        let doomed = match entry.object.backup() {
+            Some(name) if kept(name) => false,
+            Some(name) if complete(name) => true,
+            _ => position < horizon,
+        };
+        if !doomed {
             continue;
         }
         let doomed = Doomed {
@@ -399,25 +602,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_retain_horizon_is_the_nth_newest_by_position() {
-        let mk = |name: &str| BackupInfo {
+    fn info(name: &str, secs: i64) -> BackupInfo {
+        use chrono::TimeZone;
+        BackupInfo {
             name: BackupName::parse(name).unwrap(),
-            sentinel_key: name.to_string(),
-            last_modified: Utc::now(),
+            sentinel_key: format!("{name}_backup_stop_sentinel.json"),
+            last_modified: Utc.timestamp_opt(secs, 0).unwrap(),
             sentinel: None,
-        };
+        }
+    }
+
+    #[test]
+    fn retain_keeps_the_newest_by_sentinel_time_not_by_position() {
+        // Timeline 2 forked from an older point: its backup starts earlier
+        // in the WAL than the newest one of timeline 1, but is newer.
         let backups = [
-            mk("base_000000010000000000000005_00000040"),
-            mk("base_000000030000000000000002_00000040"),
-            mk("base_000000020000000000000009_00000040"),
+            info("base_000000010000000000000005_00000040", 200),
+            info("base_000000020000000000000003_00000040", 300),
+            info("base_000000010000000000000002_00000040", 100),
         ];
-        let pos = |n| retain_horizon(&backups, n).map(BackupInfo::position);
-        assert_eq!(pos(1), Some(9));
-        assert_eq!(pos(2), Some(5));
-        assert_eq!(pos(3), Some(2));
-        assert_eq!(pos(7), Some(2), "at most n backups: the oldest");
-        assert_eq!(retain_horizon(&[], 1), None);
+        let names = |n| -> Vec<String> {
+            newest_by_time(&backups, n)
+                .iter()
+                .map(|b| b.name.to_string())
+                .collect()
+        };
+        assert_eq!(names(1), ["base_000000020000000000000003_00000040"]);
+        assert_eq!(
+            names(2),
+            [
+                "base_000000020000000000000003_00000040",
+                "base_000000010000000000000005_00000040"
+            ]
+        );
+        assert_eq!(names(7).len(), 3, "at most n backups");
     }
 
     #[test]
@@ -441,7 +659,15 @@ mod tests {
             wal("000000020000000000000004.lzo"),
             wal("000000010000000000000005.lzo"),
         ];
-        let plan = sweep_before(&layout(), 5, &basebackups, &wal_entries);
+        let backups = [info(old, 100), info(kept, 200)];
+        let plan = sweep(
+            &layout(),
+            &backups,
+            &[&backups[1]],
+            None,
+            &basebackups,
+            &wal_entries,
+        );
         let keys: Vec<&str> = plan.iter().map(|d| d.key.as_str()).collect();
         assert_eq!(
             keys,

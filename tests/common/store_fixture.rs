@@ -113,6 +113,39 @@ pub fn backup_history(timeline: u32, seg: u32, offset: u32) -> String {
 
 pub const TIMELINE_HISTORY: &str = "wal_005/00000002.history.lzo";
 
+/// Timeline 2 left timeline 1 in segment 4, between B1's start and B2's,
+/// as after a point-in-time restore from B1: B2 cannot reach it, B3 (taken
+/// on it) and B1 can.
+pub const TIMELINE_2_HISTORY: &str = "1\t0/4000100\tbefore 2026-11-21 00:00:00+00\n";
+
+/// `data` compressed by the real `lzop`, as WAL-E stores WAL.
+pub fn lzop(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("lzop")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run lzop");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// The start of a 16 MiB WAL segment: its first page's long header
+/// (`XLP_LONG_HEADER`, timeline, page address, segment and block size).
+pub fn wal_page_header(timeline: u32, seg: u32) -> Vec<u8> {
+    let mut page = vec![0u8; 64];
+    page[0..2].copy_from_slice(&0xD110u16.to_ne_bytes());
+    page[2..4].copy_from_slice(&0x0002u16.to_ne_bytes());
+    page[4..8].copy_from_slice(&timeline.to_ne_bytes());
+    page[8..16].copy_from_slice(&(u64::from(seg) << 24).to_ne_bytes());
+    page[32..36].copy_from_slice(&(16u32 << 20).to_ne_bytes());
+    page[36..40].copy_from_slice(&8192u32.to_ne_bytes());
+    page
+}
+
 pub fn partitions_of(name: &str) -> u32 {
     match name {
         B1 => 2,
@@ -162,7 +195,15 @@ pub fn populate(root: &Path) {
         write(root, &key, b"never finished");
     }
     for key in all_wal() {
-        write(root, &key, b"not really lzop");
+        let name = key.trim_start_matches("wal_005/");
+        let plain = if key == TIMELINE_HISTORY {
+            TIMELINE_2_HISTORY.as_bytes().to_vec()
+        } else {
+            let tli = u32::from_str_radix(&name[..8], 16).unwrap();
+            let seg = u32::from_str_radix(&name[16..24], 16).unwrap();
+            wal_page_header(tli, seg)
+        };
+        write(root, &key, &lzop(&plain));
     }
     for key in STRAYS.iter().chain(&OLD_VERSION_KEYS).chain(&FOREIGN_KEYS) {
         write(root, key, b"x");
