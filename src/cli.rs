@@ -265,6 +265,11 @@ pub struct DeleteArgs {
     #[arg(long)]
     pub confirm: bool,
 
+    /// Leave alone unfinished backups (no sentinel yet) written to within
+    /// this many hours: a backup-push may still be uploading them.
+    #[arg(long, value_name = "HOURS", default_value_t = 24)]
+    pub unfinished_grace_hours: u32,
+
     #[command(subcommand)]
     pub target: DeleteTarget,
 }

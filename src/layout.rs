@@ -68,6 +68,21 @@ impl SegmentName {
     pub fn position(&self) -> u64 {
         (u64::from(self.log) << 32) | u64::from(self.seg)
     }
+
+    /// The segment's number counted from the start of WAL, with `per_log`
+    /// segments in each log (`2^32 / segment size`); timeline ignored.
+    pub fn position_in(&self, per_log: u64) -> u64 {
+        u64::from(self.log) * per_log + u64::from(self.seg)
+    }
+
+    /// The segment at `number` ([`SegmentName::position_in`]) on `timeline`.
+    pub fn at(timeline: u32, number: u64, per_log: u64) -> SegmentName {
+        SegmentName {
+            timeline,
+            log: (number / per_log) as u32,
+            seg: (number % per_log) as u32,
+        }
+    }
 }
 
 impl fmt::Display for SegmentName {

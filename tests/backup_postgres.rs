@@ -792,3 +792,126 @@ fn retention_after_a_point_in_time_restore_keeps_the_running_timelines_backup() 
     );
     assert!(!expected.contains("after the target"), "{expected}");
 }
+
+/// Polls (every 50 ms, at most `TIMEOUT`) for a file named `file_name`
+/// anywhere under `dir` while `child` runs; returns its path.
+fn wait_for_file(child: &mut std::process::Child, dir: &Path, file_name: &str) -> PathBuf {
+    fn find(dir: &Path, file_name: &str) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()? {
+            let path = entry.ok()?.path();
+            if path.file_name().is_some_and(|n| n == file_name) {
+                return Some(path);
+            }
+            if path.is_dir()
+                && let Some(found) = find(&path, file_name)
+            {
+                return Some(found);
+            }
+        }
+        None
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(found) = find(dir, file_name) {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {file_name} under {}",
+            dir.display()
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("backup-push ended ({status}) before {file_name} appeared: {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A backup whose partitions or WAL disappear while it is taken (a delete
+/// on another schedule, an archiver that skipped a segment) gets no
+/// sentinel. Fails on main, which only checked the last segment.
+#[test]
+fn backup_push_writes_no_sentinel_when_partitions_or_wal_went_missing() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    // An archiver that reports success for one segment without archiving it.
+    let skip = setup.path().join("skip-segment");
+    let script = setup.path().join("archive.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$(basename \"$1\")\" = \"$(cat {} 2>/dev/null)\" ] && exit 0\nexec {} wal-push \"$1\"\n",
+            skip.display(),
+            setup.wal_e_env()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    pg.append_conf(&format!("archive_command = '{} %p'\n", script.display()));
+    pg.restart();
+    for t in 0..6 {
+        pg.psql(&format!(
+            "CREATE TABLE t{t} AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 40000) g"
+        ));
+    }
+    pg.psql("CHECKPOINT");
+    // Slow enough that the test acts while the backup runs.
+    let slow_backup = || {
+        Command::new(wal_e_bin())
+            .args([
+                "backup-push",
+                "--pool-size",
+                "1",
+                "--cluster-read-rate-limit",
+                "3000000",
+            ])
+            .arg(&pg.data_dir)
+            .env("WALE_FILE_PREFIX", setup.prefix())
+            .env("WALE_LOG_DESTINATION", "stderr")
+            .env("WALE_TEST_PARTITION_MAX_BYTES", "4000000")
+            .envs(pg.env())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let store = setup.path().join("store");
+
+    // A delete removes the first partition while the rest upload.
+    let mut backup = slow_backup();
+    let part0 = wait_for_file(&mut backup, &store, "part_00000000.tar.lzo");
+    std::fs::remove_file(&part0).unwrap();
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("lost partitions while it was being taken"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(setup.sentinels().is_empty());
+    std::fs::remove_dir_all(store.join("basebackups_005")).unwrap();
+    pg.wait_until("the first backup's session to end", TIMEOUT, || {
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wal-e'") == "0"
+    });
+
+    // The archiver skips the segment the backup started in.
+    let mut backup = slow_backup();
+    wait_for_file(&mut backup, &store, "extended_version.txt");
+    let current = pg.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    std::fs::write(&skip, &current).unwrap();
+    pg.psql("INSERT INTO t0 SELECT g, 'x' FROM generate_series(1, 1000) g");
+    assert_eq!(pg.switch_wal(), current);
+    // The backup now ends in a later segment, which is archived.
+    pg.psql("INSERT INTO t0 SELECT g, 'y' FROM generate_series(1, 1000) g");
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MSG: the WAL this backup needs is not in the archive"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains(&current), "{}", stderr(&out));
+    assert!(setup.sentinels().is_empty());
+}

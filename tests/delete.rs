@@ -485,6 +485,49 @@ fn before_warns_when_it_would_leave_no_backup_and_refuses_a_missing_backup() {
     assert_eq!(snapshot(&env), before, "nothing deleted");
 }
 
+/// An unfinished upload written to recently may belong to a backup-push
+/// still running (a slow nightly, a second schedule): it is left alone for
+/// the grace period, and deleted once older. Fails on main, which deleted
+/// it by position at once.
+#[test]
+fn unfinished_backups_are_spared_for_a_grace_period() {
+    let env = fresh_store();
+    let keys = fx::backup_data_keys(ORPHAN, 1);
+    for key in &keys {
+        std::fs::File::options()
+            .write(true)
+            .open(env.root().join(key))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now())
+            .unwrap();
+    }
+    let (code, err) = run_delete(&env, &["--confirm"], &["retain", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let recs = records(&err);
+    assert!(
+        recs.iter()
+            .any(|r| r.msg == "leaving an unfinished backup alone"
+                && r.detail.as_deref().is_some_and(|d| d.contains(ORPHAN))),
+        "{err}"
+    );
+    let left = snapshot(&env);
+    for key in &keys {
+        assert!(left.contains(&format!("store/{key}")), "{key} spared");
+    }
+    assert!(!left.contains(&format!("store/{}", fx::sentinel_key(B1))));
+
+    let (code, err) = run_delete(
+        &env,
+        &["--confirm", "--unfinished-grace-hours", "0"],
+        &["retain", "2"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let left = snapshot(&env);
+    for key in &keys {
+        assert!(!left.contains(&format!("store/{key}")), "{key} deleted");
+    }
+}
+
 /// The newest timeline cannot be placed without its history file: delete
 /// refuses instead of guessing which backups can restore it.
 #[test]

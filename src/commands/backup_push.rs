@@ -20,11 +20,11 @@ use super::Context;
 use crate::cli::BackupPushArgs;
 use crate::config::ProcessEnv;
 use crate::error::{CmdResult, CommandError, UserError};
-use crate::layout::{BackupName, RestoreSpec, Sentinel};
+use crate::layout::{BackupName, RestoreSpec, SegmentName, Sentinel, VERSION};
 use crate::pipeline::{self, EncryptionKeys, RateLimiter};
 use crate::postgres::{self, ConnectParams, Session};
 use crate::progress::{self, Progress};
-use crate::storage::{PutOptions, PutPayload, StoreError};
+use crate::storage::{ObjectMeta, PutOptions, PutPayload, StoreError};
 use crate::tar_partition::{self, Limits, Partition, Plan, TarError};
 
 pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
@@ -91,6 +91,8 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
         segment_size,
     );
     wait_until_archived(ctx, &last_segment.to_string()).await?;
+    check_all_stored(ctx, &name, count + 1).await?;
+    check_wal_archived(ctx, start.segment, last_segment, segment_size).await?;
     let sentinel = Sentinel {
         wal_segment_backup_stop: stop.segment.to_string(),
         wal_segment_offset_backup_stop: BackupName::new(stop.segment, stop.offset).start_offset,
@@ -161,6 +163,7 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
             )
             .into());
     }
+    check_all_stored(ctx, &name, count + 1).await?;
     let sentinel = Sentinel {
         wal_segment_backup_stop: segment.to_string(),
         wal_segment_offset_backup_stop: name.start_offset.clone(),
@@ -273,6 +276,84 @@ async fn wait_until_archived(ctx: &Context, segment: &str) -> CmdResult {
             }
         }
     }
+}
+
+/// Before the sentinel makes the backup visible: every partition uploaded
+/// (`count`, the last one included) must still be in the store. A `delete`
+/// running meanwhile (another schedule, a manual `delete before`) may have
+/// removed them.
+async fn check_all_stored(ctx: &Context, name: &BackupName, count: u32) -> CmdResult {
+    let dir = ctx.layout.partitions_dir(name);
+    let listed: Vec<ObjectMeta> = ctx
+        .store
+        .list(&dir, None)
+        .try_collect()
+        .await
+        .map_err(|e| {
+            UserError::new("could not check the backup's partitions").detail(e.to_string())
+        })?;
+    let missing: Vec<String> = (0..count)
+        .map(|n| ctx.layout.partition_key(name, n))
+        .filter(|key| !listed.iter().any(|m| m.key == *key))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(UserError::new(format!("backup {name} lost partitions while it was being taken"))
+        .detail(format!(
+            "{} of its {count} partitions are not in the store, first {}. No sentinel was written.",
+            missing.len(),
+            ctx.layout.url(&missing[0])
+        ))
+        .hint("A delete ran during the backup (delete leaves unfinished backups alone for --unfinished-grace-hours). Run backup-push again.")
+        .into())
+}
+
+/// Before the sentinel: every WAL segment from the backup's start through
+/// its last one must be in the archive, or the backup cannot be recovered
+/// to consistency. Lists from the start segment on only.
+async fn check_wal_archived(
+    ctx: &Context,
+    first: SegmentName,
+    last: SegmentName,
+    segment_size: u64,
+) -> CmdResult {
+    let per_log = 0x1_0000_0000 / segment_size;
+    let wanted: Vec<String> = (first.position_in(per_log)..=last.position_in(per_log))
+        .map(|n| SegmentName::at(last.timeline, n, per_log).to_string())
+        .collect();
+    let first_key = ctx.layout.wal_key(&wanted[0]);
+    let last_key = ctx.layout.wal_key(&wanted[wanted.len() - 1]);
+    // Keys sort after the bare segment name: listing starts at the first.
+    let start_after = first_key.trim_end_matches(".lzo").to_string();
+    let archived: Vec<ObjectMeta> = ctx
+        .store
+        .list(
+            &ctx.layout.key(&format!("wal_{VERSION}/")),
+            Some(start_after),
+        )
+        .try_take_while(|m| futures_util::future::ready(Ok(m.key <= last_key)))
+        .try_collect()
+        .await
+        .map_err(|e| UserError::new("could not check the archive").detail(e.to_string()))?;
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|seg| !archived.iter().any(|m| m.key == ctx.layout.wal_key(seg)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(UserError::new("the WAL this backup needs is not in the archive")
+        .detail(format!(
+            "{} of the {} segments from {} to {} are missing, first {}. No sentinel was written.",
+            missing.len(),
+            wanted.len(),
+            first,
+            last,
+            missing[0]
+        ))
+        .hint("archive_command must archive every segment with wal-e wal-push to this same prefix, and no delete may remove the WAL of a backup being taken. Run backup-push again once archiving works.")
+        .into())
 }
 
 /// How long to wait for the backup's last segment after pg_backup_stop.

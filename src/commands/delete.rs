@@ -124,9 +124,10 @@ pub async fn run(ctx: &Context, args: &DeleteArgs) -> CmdResult {
     } else {
         tracing::info!(target: "wal_e.main", "deleting data in the store");
     }
+    let grace = chrono::Duration::hours(i64::from(args.unfinished_grace_hours));
     let plan = match target {
-        Target::Before(horizon) => plan_before(ctx, &horizon).await?,
-        Target::Retain(n) => plan_retain(ctx, n).await?,
+        Target::Before(horizon) => plan_before(ctx, &horizon, grace).await?,
+        Target::Retain(n) => plan_retain(ctx, n, grace).await?,
         Target::OldVersions => plan_old_versions(ctx).await?,
         Target::Everything => plan_everything(ctx).await?,
     };
@@ -134,7 +135,11 @@ pub async fn run(ctx: &Context, args: &DeleteArgs) -> CmdResult {
     Ok(())
 }
 
-async fn plan_before(ctx: &Context, horizon: &Horizon) -> Result<Vec<Doomed>, UserError> {
+async fn plan_before(
+    ctx: &Context,
+    horizon: &Horizon,
+    grace: chrono::Duration,
+) -> Result<Vec<Doomed>, UserError> {
     let basebackups = catalog::list_basebackups(ctx).await?;
     let backups = catalog::complete_backups(&basebackups);
     let (keep, floor) = match horizon {
@@ -170,14 +175,13 @@ async fn plan_before(ctx: &Context, horizon: &Horizon) -> Result<Vec<Doomed>, Us
     };
     let wal = catalog::list_wal(ctx).await?;
     let keep = keep_latest_timeline_restorable(ctx, &backups, keep, &wal).await?;
-    Ok(sweep(
-        &ctx.layout,
-        &backups,
-        &keep,
+    let unfinished = unfinished_in_grace(&ctx.layout, &basebackups, &backups, grace);
+    let keep = Keep {
+        backups: &keep,
+        unfinished: &unfinished,
         floor,
-        &basebackups,
-        &wal,
-    ))
+    };
+    Ok(sweep(&ctx.layout, &backups, &keep, &basebackups, &wal))
 }
 
 /// The `n` newest complete backups by sentinel time (as LATEST picks the
@@ -189,7 +193,11 @@ pub fn newest_by_time(backups: &[BackupInfo], n: usize) -> Vec<&BackupInfo> {
     newest_first
 }
 
-async fn plan_retain(ctx: &Context, n: usize) -> Result<Vec<Doomed>, UserError> {
+async fn plan_retain(
+    ctx: &Context,
+    n: usize,
+    grace: chrono::Duration,
+) -> Result<Vec<Doomed>, UserError> {
     let basebackups = catalog::list_basebackups(ctx).await?;
     let backups = catalog::complete_backups(&basebackups);
     if backups.is_empty() {
@@ -223,14 +231,55 @@ async fn plan_retain(ctx: &Context, n: usize) -> Result<Vec<Doomed>, UserError> 
     } else {
         tracing::info!(hint = %hint, "Retaining all {} base backups.", backups.len());
     }
-    Ok(sweep(
-        &ctx.layout,
-        &backups,
-        &keep,
-        None,
-        &basebackups,
-        &wal,
-    ))
+    let unfinished = unfinished_in_grace(&ctx.layout, &basebackups, &backups, grace);
+    let keep = Keep {
+        backups: &keep,
+        unfinished: &unfinished,
+        floor: None,
+    };
+    Ok(sweep(&ctx.layout, &backups, &keep, &basebackups, &wal))
+}
+
+/// Unfinished backups (objects but no sentinel) written to within `grace`:
+/// a backup-push may still be uploading them, or about to write the
+/// sentinel. Each is logged.
+fn unfinished_in_grace(
+    layout: &Layout,
+    basebackups: &[Entry],
+    backups: &[BackupInfo],
+    grace: chrono::Duration,
+) -> Vec<BackupName> {
+    let cutoff = chrono::Utc::now() - grace;
+    let mut newest: Vec<(&BackupName, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    for entry in basebackups {
+        let Some(name) = entry.object.backup() else {
+            continue;
+        };
+        if backups.iter().any(|b| b.name == *name) {
+            continue;
+        }
+        match newest.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, at)) => *at = (*at).max(entry.meta.last_modified),
+            None => newest.push((name, entry.meta.last_modified)),
+        }
+    }
+    newest
+        .into_iter()
+        .filter(|(_, at)| *at >= cutoff)
+        .map(|(name, at)| {
+            tracing::info!(
+                detail = %format!(
+                    "{} has no sentinel and was last written at {}, within the last {} hours: a backup-push may still be running.",
+                    layout.url(&layout.backup_dir(name)),
+                    at.format("%Y-%m-%dT%H:%M:%SZ"),
+                    grace.num_hours()
+                ),
+                hint = "A later run deletes it once it is older (see --unfinished-grace-hours).",
+                "leaving an unfinished backup alone"
+            );
+            name.clone()
+        })
+        .collect()
 }
 
 /// Makes sure the newest timeline of the archive (the running cluster's,
@@ -382,28 +431,40 @@ impl Lineage {
 /// History files are a few lines per timeline; a larger one is not read whole.
 const MAX_HISTORY_BYTES: usize = 1 << 20;
 
+/// What `delete before` and `delete retain` keep.
+pub struct Keep<'a> {
+    /// Complete backups.
+    pub backups: &'a [&'a BackupInfo],
+    /// Unfinished backups that may still be in progress.
+    pub unfinished: &'a [BackupName],
+    /// `before SEGMENT`: nothing from this position on is deleted.
+    pub floor: Option<u64>,
+}
+
 /// What `delete before` and `delete retain` remove, sentinels first:
-/// every complete backup not in `keep`; incomplete uploads, WAL segments and
-/// backup history files that start before the oldest kept backup (and
-/// before `floor`, when given). A kept backup never needs WAL from before
+/// every complete backup not kept; unfinished uploads not spared, WAL
+/// segments and backup history files that start before the oldest kept
+/// backup (and before the floor, when given). A kept backup never needs WAL from before
 /// its own start, so every timeline's WAL from there on stays. Timeline
 /// history files are kept; keys that are not WAL-E's are kept with a
 /// warning.
 pub fn sweep(
     layout: &Layout,
     backups: &[BackupInfo],
-    keep: &[&BackupInfo],
-    floor: Option<u64>,
+    keep: &Keep<'_>,
     basebackups: &[Entry],
     wal: &[Entry],
 ) -> Vec<Doomed> {
     let horizon = keep
+        .backups
         .iter()
         .map(|b| b.position())
-        .chain(floor)
+        .chain(keep.floor)
         .min()
         .unwrap_or(u64::MAX);
-    let kept = |name: &BackupName| keep.iter().any(|b| b.name == *name);
+    let kept = |name: &BackupName| {
+        keep.backups.iter().any(|b| b.name == *name) || keep.unfinished.contains(name)
+    };
     let complete = |name: &BackupName| backups.iter().any(|b| b.name == *name);
     let mut sentinels = Vec::new();
     let mut backup_data = Vec::new();
@@ -660,14 +721,12 @@ mod tests {
             wal("000000010000000000000005.lzo"),
         ];
         let backups = [info(old, 100), info(kept, 200)];
-        let plan = sweep(
-            &layout(),
-            &backups,
-            &[&backups[1]],
-            None,
-            &basebackups,
-            &wal_entries,
-        );
+        let keep = Keep {
+            backups: &[&backups[1]],
+            unfinished: &[],
+            floor: None,
+        };
+        let plan = sweep(&layout(), &backups, &keep, &basebackups, &wal_entries);
         let keys: Vec<&str> = plan.iter().map(|d| d.key.as_str()).collect();
         assert_eq!(
             keys,

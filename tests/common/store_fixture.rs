@@ -15,6 +15,8 @@ pub const B2: &str = "base_000000010000000000000005_00000096";
 pub const B3: &str = "base_000000020000000000000009_00000040";
 /// An upload that never finished, older than every complete backup.
 pub const ORPHAN: &str = "base_000000010000000000000001_00000040";
+/// When ORPHAN was last written: long ago, so retention may delete it.
+pub const ORPHAN_TIME: &str = "2026-11-19T00:00:00.000000";
 /// A backup-push still running: newer than every complete backup.
 pub const IN_PROGRESS: &str = "base_00000002000000000000000B_00000040";
 
@@ -186,6 +188,7 @@ pub fn populate(root: &Path) {
     for (name, stop, stop_offset, size, time) in complete {
         for key in backup_data_keys(name, partitions_of(name)) {
             write(root, &key, b"PostgreSQL 15.8 or partition bytes");
+            set_mtime(&root.join(&key), time);
         }
         let sentinel = sentinel_key(name);
         write(root, &sentinel, &sentinel_json(stop, stop_offset, size));
@@ -193,6 +196,7 @@ pub fn populate(root: &Path) {
     }
     for key in backup_data_keys(ORPHAN, 1) {
         write(root, &key, b"never finished");
+        set_mtime(&root.join(&key), ORPHAN_TIME);
     }
     for key in all_wal() {
         let name = key.trim_start_matches("wal_005/");
