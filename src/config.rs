@@ -121,6 +121,20 @@ impl StoragePrefix {
         if scheme != Scheme::File && store_name.is_empty() {
             return Err(malformed("The prefix names no bucket or container."));
         }
+        if scheme == Scheme::File
+            && !store_name.is_empty()
+            && !store_name.eq_ignore_ascii_case("localhost")
+        {
+            // file://./store or file://backups/db1 would archive into /store
+            // or /db1 at the root of the file system.
+            return Err(UserError::new(format!(
+                "file:// prefix {url:?} names a host or a relative path"
+            ))
+            .detail(format!(
+                "{store_name:?}, the part between file:// and the next slash, is read as a host; only an empty host or localhost is accepted."
+            ))
+            .hint("Give an absolute directory: file://localhost/var/backups/wal-e/db1 or file:///var/backups/wal-e/db1."));
+        }
         let trimmed = path.trim_start_matches('/');
         if scheme == Scheme::File && trimmed.is_empty() {
             return Err(malformed(
@@ -326,11 +340,37 @@ pub(crate) mod tests {
             ("ftp://host/x", "unsupported storage scheme"),
             ("s3:///path", "no bucket"),
             ("file://localhost", "absolute directory"),
+            ("file://./relstore", "names a host or a relative path"),
+            ("file://backups/db1", "names a host or a relative path"),
             ("s3://b/p?x=1", "Query strings"),
         ] {
             let err = StoragePrefix::parse(bad).unwrap_err();
             assert!(err.to_string().contains(needle), "{bad}: {err}");
             assert_eq!(err.exit_code, 1);
+        }
+    }
+
+    #[test]
+    fn a_file_prefix_with_a_host_is_refused_with_a_hint() {
+        let err = StoragePrefix::parse("file://./relstore").unwrap_err();
+        assert!(err.detail.as_deref().unwrap().contains("\".\""), "{err}");
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap()
+                .contains("file://localhost/var/backups/wal-e/db1"),
+            "{err}"
+        );
+        for fine in [
+            "file:///srv/db1",
+            "file://localhost/srv/db1",
+            "FILE://LocalHost/srv/db1",
+        ] {
+            assert_eq!(
+                StoragePrefix::parse(fine).unwrap().path,
+                "srv/db1/",
+                "{fine}"
+            );
         }
     }
 
