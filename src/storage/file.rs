@@ -96,13 +96,15 @@ fn classify_put(key: &str, err: io::Error) -> StoreError {
     }
 }
 
-fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
-    let modified = md.modified().map(DateTime::<Utc>::from).unwrap_or_default();
-    ObjectMeta {
+/// A file's size and modification time; a file system that records no time
+/// is an error (1970-01-01 instead would silently change which backup is
+/// LATEST).
+fn meta_of(key: String, md: &std::fs::Metadata) -> io::Result<ObjectMeta> {
+    Ok(ObjectMeta {
         key,
         size: md.len(),
-        last_modified: modified,
-    }
+        last_modified: md.modified().map(DateTime::<Utc>::from)?,
+    })
 }
 
 /// `create_dir_all`, then fsync the parent of every directory it created so
@@ -194,7 +196,7 @@ impl FileStore {
                 }
             } else if file_type.is_file() && key.starts_with(prefix) {
                 match entry.metadata() {
-                    Ok(md) => out.push(meta_of(key.to_string(), &md)),
+                    Ok(md) => out.push(meta_of(key.to_string(), &md)?),
                     // Deleted while we were listing.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
@@ -259,7 +261,7 @@ impl Store for FileStore {
             });
         }
         Ok(GetResult {
-            meta: meta_of(key.to_string(), &md),
+            meta: meta_of(key.to_string(), &md).map_err(|e| classify("get", key, e))?,
             stream: ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
         })
     }
@@ -274,7 +276,7 @@ impl Store for FileStore {
                 key: key.to_string(),
             });
         }
-        Ok(meta_of(key.to_string(), &md))
+        meta_of(key.to_string(), &md).map_err(|e| classify("head", key, e))
     }
 
     fn list(
