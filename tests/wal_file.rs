@@ -175,6 +175,29 @@ fn pooled_ready_segments_are_pushed_and_marked_done() {
 }
 
 #[test]
+fn an_unreadable_archive_status_still_archives_the_named_segment() {
+    let store = FileStoreEnv::new();
+    let wal = WalDir::new();
+    let name = "000000010000000000000021";
+    let path = wal.add(name, &fake_segment(1 << 20, 21), false);
+    // Root ignores permissions: a regular file in its place makes reading
+    // the directory fail (ENOTDIR).
+    let status_dir = wal.pg_wal.join("archive_status");
+    std::fs::remove_dir_all(&status_dir).unwrap();
+    std::fs::write(&status_dir, b"").unwrap();
+
+    let out = store.run(&["wal-push", "--pool-size", "4", path.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(store.wal_object(name).is_file(), "{log}");
+    assert!(
+        log.contains("WARNING  MSG: could not read the archive status directory"),
+        "{log}"
+    );
+    assert!(log.contains(status_dir.to_str().unwrap()), "{log}");
+}
+
+#[test]
 fn missing_explicit_file_fails_with_exit_1() {
     let store = FileStoreEnv::new();
     let wal = WalDir::new();

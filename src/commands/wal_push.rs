@@ -66,7 +66,7 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
     let pool = args.pool_size as usize;
     if pool > 1 {
         files.extend(
-            ready_segments(&xlog_dir, &name)?
+            ready_segments(&xlog_dir, &name)
                 .into_iter()
                 .take(pool - 1)
                 .map(|seg| WalFile {
@@ -112,17 +112,22 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
 }
 
 /// Full segment names with a `.ready` status file, sorted, except `skip`.
-fn ready_segments(xlog_dir: &Path, skip: &str) -> Result<Vec<String>, UserError> {
+/// The pool is an optimisation: when the status directory cannot be read,
+/// the named segment is still archived (with a warning), and PostgreSQL
+/// hands over the others one by one.
+fn ready_segments(xlog_dir: &Path, skip: &str) -> Vec<String> {
     let status_dir = xlog_dir.join("archive_status");
     let entries = match std::fs::read_dir(&status_dir) {
         Ok(entries) => entries,
         // Not a PostgreSQL WAL directory (e.g. a file pushed by hand): no pool.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            return Err(
-                UserError::new("could not read the archive status directory")
-                    .detail(format!("{}: {e}", status_dir.display())),
+            tracing::warn!(
+                detail = %format!("{}: {e}", status_dir.display()),
+                hint = "Only the WAL file PostgreSQL named is archived now; other ready segments wait for their own turn.",
+                "could not read the archive status directory"
             );
+            return Vec::new();
         }
     };
     let mut names: Vec<String> = entries
@@ -131,7 +136,7 @@ fn ready_segments(xlog_dir: &Path, skip: &str) -> Result<Vec<String>, UserError>
         .filter(|n| n != skip)
         .collect();
     names.sort();
-    Ok(names)
+    names
 }
 
 /// Renames `archive_status/<seg>.ready` to `.done`, durably.
