@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
-use wal_e::storage::{FileStore, PutOptions, PutPayload, RetryPolicy, RetryingStore, Store};
+use wal_e::storage::{
+    FileStore, PutOptions, PutPayload, RetryPolicy, RetryingStore, Store, StoreError,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store_passes_the_conformance_suite() {
@@ -25,6 +27,7 @@ async fn file_store_behind_the_retry_layer_passes_the_conformance_suite() {
 async fn objects_are_plain_files_at_wal_e_paths_and_deletes_prune_empty_dirs() {
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("srv/db1");
+    std::fs::create_dir_all(&keep).unwrap();
     let store = FileStore::new(dir.path(), &keep);
     let key = "srv/db1/basebackups_005/base_000000010000000000000002_00000040/tar_partitions/part_00000000.tar.lzo";
     store
@@ -59,4 +62,109 @@ async fn keys_escaping_the_root_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("not a valid object name"), "{err}");
     assert!(!dir.path().join("escape").exists());
+}
+
+#[tokio::test]
+async fn puts_create_directories_only_below_an_existing_prefix_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("mnt/db1");
+    let store = FileStore::new(dir.path(), &keep);
+    let key = "mnt/db1/wal_005/000000010000000000000002.lzo";
+    let err = store
+        .put(
+            key,
+            PutPayload::from_bytes("wal"),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Permanent { .. }), "{err}");
+    assert!(
+        err.to_string().contains("or is the share mounted?"),
+        "{err}"
+    );
+    assert!(!dir.path().join("mnt").exists(), "nothing was created");
+
+    std::fs::create_dir_all(&keep).unwrap();
+    store
+        .put(
+            key,
+            PutPayload::from_bytes("wal"),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dir.path().join(key)).unwrap(), b"wal");
+}
+
+#[tokio::test]
+async fn a_missing_object_is_not_found_only_where_its_directory_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("db1");
+    std::fs::create_dir(&keep).unwrap();
+    let store = FileStore::new(dir.path(), &keep);
+    let key = "db1/wal_005/000000010000000000000002.lzo";
+    let wal_dir = keep.join("wal_005");
+    let err = store.get(key).await.map(|_| ()).unwrap_err();
+    assert!(matches!(err, StoreError::Permanent { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "the directory {} does not exist",
+            wal_dir.display()
+        )),
+        "{err}"
+    );
+    // A head asks whether an object is there yet, as backup-push does
+    // before its first write: the prefix directory is enough.
+    assert!(matches!(
+        store.head(key).await.unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+
+    std::fs::create_dir(&wal_dir).unwrap();
+    assert!(matches!(
+        store.get(key).await.map(|_| ()).unwrap_err(),
+        StoreError::NotFound { .. }
+    ));
+
+    // Without the prefix directory nothing is "not found", and a listing is
+    // an error, not an empty list.
+    std::fs::remove_dir_all(&keep).unwrap();
+    for err in [
+        store.get(key).await.map(|_| ()).unwrap_err(),
+        store.head(key).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, StoreError::Permanent { .. }), "{err}");
+        assert!(
+            err.to_string().contains("is the file system mounted?"),
+            "{err}"
+        );
+    }
+    let listed: Vec<_> = futures_util::StreamExt::collect(store.list("db1/", None)).await;
+    assert!(
+        matches!(listed.as_slice(), [Err(StoreError::Permanent { .. })]),
+        "{listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_directory_or_fifo_in_place_of_an_object_is_a_damaged_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path(), dir.path());
+    std::fs::create_dir_all(dir.path().join("wal_005/A.lzo")).unwrap();
+    let fifo = dir.path().join("wal_005/B.lzo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for key in ["wal_005/A.lzo", "wal_005/B.lzo"] {
+        for err in [
+            store.get(key).await.map(|_| ()).unwrap_err(),
+            store.head(key).await.map(|_| ()).unwrap_err(),
+        ] {
+            assert!(matches!(err, StoreError::Permanent { .. }), "{key}: {err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+    }
 }

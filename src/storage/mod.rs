@@ -279,7 +279,11 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
     let policy = RetryPolicy::from_retries(settings.retries);
     match settings.prefix.scheme {
         Scheme::File => Ok(Arc::new(RetryingStore::new(
-            FileStore::new("/", format!("/{}", settings.prefix.path)),
+            FileStore::open(
+                format!("/{}", settings.prefix.path).into(),
+                &settings.prefix.url,
+            )
+            .await?,
             policy,
         ))),
         Scheme::S3 => Ok(Arc::new(RetryingStore::new(
