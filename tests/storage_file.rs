@@ -168,3 +168,43 @@ async fn a_directory_or_fifo_in_place_of_an_object_is_a_damaged_store() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_put_sweeps_temporary_files_older_than_an_hour_from_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path(), dir.path());
+    let wal = dir.path().join("wal_005");
+    let other = dir.path().join("basebackups_005");
+    std::fs::create_dir_all(&wal).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let leftover = |path: &std::path::Path, old: bool| {
+        let f = std::fs::File::create(path).unwrap();
+        if old {
+            f.set_modified(two_hours_ago).unwrap();
+        }
+    };
+    // Left by puts killed midway, and one that may still be running.
+    leftover(&wal.join(".wal-e-tmp.AbC123"), true);
+    leftover(&wal.join(".wal-e-tmp.dEf456"), false);
+    // Not ours, however old.
+    leftover(&wal.join("000000010000000000000001.lzo"), true);
+    // Another directory is left for puts there.
+    leftover(&other.join(".wal-e-tmp.GhI789"), true);
+
+    store
+        .put(
+            "wal_005/000000010000000000000002.lzo",
+            PutPayload::from_bytes("wal"),
+            &PutOptions::create_only(),
+        )
+        .await
+        .unwrap();
+    assert!(!wal.join(".wal-e-tmp.AbC123").exists(), "stale temp swept");
+    assert!(
+        wal.join(".wal-e-tmp.dEf456").exists(),
+        "a recent temp is kept"
+    );
+    assert!(wal.join("000000010000000000000001.lzo").exists());
+    assert!(other.join(".wal-e-tmp.GhI789").exists());
+}

@@ -3,7 +3,8 @@
 //! A put writes a hidden temporary file in the object's directory, fsyncs it,
 //! renames it into place (without replacing, for create-only puts) and fsyncs
 //! the directory: readers never see a partial object and a crash never leaves
-//! one behind, only an unlisted `.wal-e-tmp.*` file.
+//! one behind, only an unlisted `.wal-e-tmp.*` file, which a later put in the
+//! same directory removes once it is an hour old.
 //!
 //! The prefix directory must exist: puts create directories only below it,
 //! and a get calls an object missing only when the directory that should
@@ -12,6 +13,7 @@
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -25,6 +27,9 @@ use crate::error::UserError;
 use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
 
 const TEMP_PREFIX: &str = ".wal-e-tmp.";
+/// A temporary file untouched for this long was left by a put that was
+/// killed: a running put writes to its file as the data arrives.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
@@ -120,6 +125,40 @@ fn parent_of(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new("/"))
 }
 
+/// Removes the temporary files in `dir` that were last written more than
+/// [`STALE_TEMP_AGE`] ago: the remains of puts killed midway. One directory
+/// per put, the one it writes to, so that leftovers do not pile up where
+/// puts keep coming (`wal_005/`). Best effort: a failure here never fails the
+/// put. A put that stalled that long and loses its file fails its rename
+/// with "not found" and is retried.
+fn sweep_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let Some(cutoff) = SystemTime::now().checked_sub(STALE_TEMP_AGE) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(TEMP_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|md| Ok(md.is_file() && md.modified()? < cutoff))
+            .unwrap_or(false);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                detail = %format!("Removed {}.", entry.path().display()),
+                "removed a temporary file left by an interrupted upload"
+            );
+        }
+    }
+}
+
 /// Something other than a regular file where an object should be.
 fn not_a_file(op: &'static str, key: &str, path: &Path) -> StoreError {
     StoreError::permanent(
@@ -208,6 +247,7 @@ impl FileStore {
         let key_owned = key.to_string();
         let temp = tokio::task::spawn_blocking(move || {
             store.create_dirs_below_keep(&key_owned, &dir_owned)?;
+            sweep_stale_temps(&dir_owned);
             tempfile::Builder::new()
                 .prefix(TEMP_PREFIX)
                 .tempfile_in(&dir_owned)
