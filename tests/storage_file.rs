@@ -208,3 +208,44 @@ async fn a_put_sweeps_temporary_files_older_than_an_hour_from_its_directory() {
     assert!(wal.join("000000010000000000000001.lzo").exists());
     assert!(other.join(".wal-e-tmp.GhI789").exists());
 }
+
+#[tokio::test]
+async fn a_put_cancelled_midway_leaves_no_temporary_file() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::new(dir.path(), dir.path());
+    let wal = dir.path().join("wal_005");
+    std::fs::create_dir(&wal).unwrap();
+    // A payload that sends a little, then stalls for good.
+    let stalled = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = stalled.clone();
+    let payload = PutPayload::from_fn(move || {
+        let signal = signal.clone();
+        futures_util::stream::once(async { Ok(bytes::Bytes::from_static(b"part")) })
+            .chain(futures_util::stream::once(async move {
+                signal.notify_one();
+                std::future::pending().await
+            }))
+            .boxed()
+    });
+    let options = PutOptions::create_only();
+    let mut put = Box::pin(store.put("wal_005/A.lzo", payload, &options));
+    tokio::select! {
+        result = &mut put => panic!("the put ended: {result:?}"),
+        () = stalled.notified() => {}
+    }
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&wal)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    let writing = names();
+    assert!(
+        matches!(writing.as_slice(), [t] if t.starts_with(".wal-e-tmp.")),
+        "{writing:?}"
+    );
+    // Dropped, as wal-push's timeout drops it.
+    drop(put);
+    assert!(names().is_empty(), "{:?}", names());
+}

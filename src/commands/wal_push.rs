@@ -6,10 +6,11 @@
 //! there is accepted only if it holds the same WAL, so a second server writing
 //! to the same prefix is caught instead of silently overwriting history.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::AsyncReadExt;
@@ -38,6 +39,25 @@ enum Outcome {
     AlreadyArchived,
     /// A pooled segment that disappeared before we read it.
     Vanished,
+}
+
+/// Runs `work`, a whole wal-push, for at most `limit`
+/// (`WALE_WAL_PUSH_TIMEOUT`). PostgreSQL's archiver waits for
+/// archive_command, so a store that hangs or keeps failing must not hold it
+/// for hours: when the time is up, whatever is in flight is dropped (a
+/// file:// temporary file is removed, an S3 multipart upload aborted as
+/// clean-up) and PostgreSQL tries again on its own schedule.
+pub async fn within(limit: Duration, work: impl Future<Output = CmdResult>) -> CmdResult {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(UserError::new(format!(
+            "could not archive WAL within {} s",
+            limit.as_secs()
+        ))
+        .detail("wal-push gave up after WALE_WAL_PUSH_TIMEOUT: the store did not answer in time, or kept failing (see any retries logged above). Unfinished uploads were cancelled.")
+        .hint("PostgreSQL runs archive_command again later. Check that the store is reachable; raise WALE_WAL_PUSH_TIMEOUT if uploads are only slow.")
+        .into()),
+    }
 }
 
 pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {

@@ -348,7 +348,8 @@ impl PartReader {
 }
 
 /// Aborts a multipart upload unless disarmed, also when the put is dropped
-/// midway (the abort then runs as a task of its own).
+/// midway (the abort then runs as clean-up the process waits for, see
+/// [`super::wait_for_cleanup`]).
 struct AbortOnDrop {
     client: Client,
     bucket: String,
@@ -361,21 +362,23 @@ impl AbortOnDrop {
         self.upload_id = None;
     }
 
+    /// Aborts now; if this is cancelled midway, the drop aborts again.
     async fn abort_now(&mut self) {
-        if let Some(upload_id) = self.upload_id.take() {
-            abort_upload(&self.client, &self.bucket, &self.key, &upload_id).await;
+        if let Some(upload_id) = &self.upload_id {
+            abort_upload(&self.client, &self.bucket, &self.key, upload_id).await;
+            self.disarm();
         }
     }
 }
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(upload_id) = self.upload_id.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
+        if let Some(upload_id) = self.upload_id.take() {
             let (client, bucket, key) =
                 (self.client.clone(), self.bucket.clone(), self.key.clone());
-            rt.spawn(async move { abort_upload(&client, &bucket, &key, &upload_id).await });
+            super::spawn_cleanup(
+                async move { abort_upload(&client, &bucket, &key, &upload_id).await },
+            );
         }
     }
 }
