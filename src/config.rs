@@ -209,7 +209,7 @@ fn wal_push_timeout_from_env(env: &dyn Env) -> Result<Duration, UserError> {
     }
 }
 
-pub const DEFAULT_WAL_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
+const DEFAULT_WAL_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where S3 credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
