@@ -92,6 +92,8 @@ fn lzop_cmd(args: &[&str], input: &Path) -> Duration {
 }
 
 fn wal_e(store: &Path, args: &[&str]) {
+    // The prefix directory must exist: wal-e creates directories below it only.
+    std::fs::create_dir_all(store).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wal-e"))
         .args(args)
         .env(

@@ -7,6 +7,7 @@
 use crate::cli::GlobalArgs;
 use crate::error::UserError;
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Where configuration values come from (the process environment in production).
 pub trait Env {
@@ -121,6 +122,20 @@ impl StoragePrefix {
         if scheme != Scheme::File && store_name.is_empty() {
             return Err(malformed("The prefix names no bucket or container."));
         }
+        if scheme == Scheme::File
+            && !store_name.is_empty()
+            && !store_name.eq_ignore_ascii_case("localhost")
+        {
+            // file://./store or file://backups/db1 would archive into /store
+            // or /db1 at the root of the file system.
+            return Err(UserError::new(format!(
+                "file:// prefix {url:?} names a host or a relative path"
+            ))
+            .detail(format!(
+                "{store_name:?}, the part between file:// and the next slash, is read as a host; only an empty host or localhost is accepted."
+            ))
+            .hint("Give an absolute directory: file://localhost/var/backups/wal-e/db1 or file:///var/backups/wal-e/db1."));
+        }
         let trimmed = path.trim_start_matches('/');
         if scheme == Scheme::File && trimmed.is_empty() {
             return Err(malformed(
@@ -178,6 +193,24 @@ impl Retries {
     }
 }
 
+/// How long `wal-push` may take in all (`WALE_WAL_PUSH_TIMEOUT`, whole
+/// seconds, default 300): PostgreSQL's archiver waits for archive_command, so
+/// a store that hangs or keeps failing must not hold it for hours.
+fn wal_push_timeout_from_env(env: &dyn Env) -> Result<Duration, UserError> {
+    const NAME: &str = "WALE_WAL_PUSH_TIMEOUT";
+    let Some(raw) = env.var(NAME).filter(|v| !v.trim().is_empty()) else {
+        return Ok(DEFAULT_WAL_PUSH_TIMEOUT);
+    };
+    match raw.trim().parse::<u64>() {
+        Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
+        _ => Err(UserError::new(format!("invalid value in {NAME}"))
+            .detail(format!("{NAME} is set to {raw:?}."))
+            .hint("Set it to a whole number of seconds, at least 1 (default 300).")),
+    }
+}
+
+const DEFAULT_WAL_PUSH_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Where S3 credentials come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AwsCredentialSource {
@@ -193,6 +226,8 @@ pub struct Settings {
     pub prefix: StoragePrefix,
     pub gpg_key_id: Option<String>,
     pub retries: Retries,
+    /// The time bound of a whole `wal-push`.
+    pub wal_push_timeout: Duration,
     pub aws_credentials: AwsCredentialSource,
     pub wabs_account_name: Option<String>,
 }
@@ -278,6 +313,7 @@ impl Settings {
             prefix,
             gpg_key_id,
             retries: Retries::from_env(env)?,
+            wal_push_timeout: wal_push_timeout_from_env(env)?,
             aws_credentials,
             wabs_account_name: args
                 .wabs_account_name
@@ -326,11 +362,37 @@ pub(crate) mod tests {
             ("ftp://host/x", "unsupported storage scheme"),
             ("s3:///path", "no bucket"),
             ("file://localhost", "absolute directory"),
+            ("file://./relstore", "names a host or a relative path"),
+            ("file://backups/db1", "names a host or a relative path"),
             ("s3://b/p?x=1", "Query strings"),
         ] {
             let err = StoragePrefix::parse(bad).unwrap_err();
             assert!(err.to_string().contains(needle), "{bad}: {err}");
             assert_eq!(err.exit_code, 1);
+        }
+    }
+
+    #[test]
+    fn a_file_prefix_with_a_host_is_refused_with_a_hint() {
+        let err = StoragePrefix::parse("file://./relstore").unwrap_err();
+        assert!(err.detail.as_deref().unwrap().contains("\".\""), "{err}");
+        assert!(
+            err.hint
+                .as_deref()
+                .unwrap()
+                .contains("file://localhost/var/backups/wal-e/db1"),
+            "{err}"
+        );
+        for fine in [
+            "file:///srv/db1",
+            "file://localhost/srv/db1",
+            "FILE://LocalHost/srv/db1",
+        ] {
+            assert_eq!(
+                StoragePrefix::parse(fine).unwrap().path,
+                "srv/db1/",
+                "{fine}"
+            );
         }
     }
 
@@ -393,6 +455,27 @@ pub(crate) mod tests {
         assert_eq!(Retries::DEFAULT.at_most(3), Retries::Limited(3));
         assert_eq!(Retries::Limited(2).at_most(3), Retries::Limited(2));
         assert_eq!(Retries::Unlimited.at_most(3), Retries::Limited(3));
+    }
+
+    #[test]
+    fn wal_push_timeout_defaults_to_five_minutes_and_must_be_positive() {
+        assert_eq!(
+            wal_push_timeout_from_env(&env(&[])).unwrap(),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            wal_push_timeout_from_env(&env(&[("WALE_WAL_PUSH_TIMEOUT", " 20 ")])).unwrap(),
+            Duration::from_secs(20)
+        );
+        for bad in ["0", "-5", "1.5", "5m"] {
+            let err =
+                wal_push_timeout_from_env(&env(&[("WALE_WAL_PUSH_TIMEOUT", bad)])).unwrap_err();
+            assert!(
+                err.msg.contains("invalid value in WALE_WAL_PUSH_TIMEOUT"),
+                "{bad}: {err}"
+            );
+            assert!(err.hint.is_some());
+        }
     }
 
     #[test]

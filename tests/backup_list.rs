@@ -194,7 +194,7 @@ fn a_bad_query_fails_after_the_header_like_wal_e() {
 }
 
 #[test]
-fn an_empty_or_missing_store_lists_only_the_header() {
+fn an_empty_store_lists_only_the_header() {
     let env = FileStoreEnv::new();
     let (code, stdout, err) = list(&env, &["--detail"]);
     assert_eq!(code, 0, "{err}");
@@ -202,6 +202,19 @@ fn an_empty_or_missing_store_lists_only_the_header() {
     let (code, stdout, _) = list(&env, &["LATEST", "--json"]);
     assert_eq!(code, 0);
     assert_eq!(stdout, "");
+}
+
+#[test]
+fn a_missing_store_directory_is_an_error_not_an_empty_list() {
+    // An unmounted share must not look like an archive without backups.
+    let env = FileStoreEnv::without_store_dir();
+    let (code, stdout, err) = list(&env, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(stdout, "");
+    assert!(
+        err.contains("MSG: the storage directory is not available"),
+        "{err}"
+    );
     assert!(
         !env.root().exists(),
         "listing must not create the store directory"

@@ -290,6 +290,7 @@ fn no_subcommand_exits_127_when_a_prefix_is_configured() {
 #[test]
 fn backup_push_without_a_reachable_server_fails_clearly() {
     let store = tempfile::tempdir().unwrap();
+    std::fs::create_dir(store.path().join("db")).unwrap();
     let prefix = format!("file://localhost{}/db", store.path().display());
     let out = wal_e(
         &["backup-push", "/nonexistent"],
@@ -318,12 +319,39 @@ fn backup_push_without_a_reachable_server_fails_clearly() {
         stderr.contains("wal_e.main   INFO     MSG: starting WAL-E"),
         "{stderr}"
     );
-    assert!(dir_is_empty(store.path()));
+    assert!(dir_is_empty(&store.path().join("db")));
+}
+
+#[test]
+fn backup_push_to_a_missing_store_directory_fails_before_connecting() {
+    let store = tempfile::tempdir().unwrap();
+    let prefix = format!("file://localhost{}/db", store.path().display());
+    let out = wal_e(
+        &["backup-push", "/nonexistent"],
+        &[
+            ("WALE_FILE_PREFIX", &prefix),
+            ("PGHOST", "/nonexistent-socket-dir"),
+        ],
+        store.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("MSG: the storage directory is not available"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("or is the share mounted?"), "{stderr}");
+    assert!(
+        !stderr.contains("could not connect to PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(dir_is_empty(store.path()), "nothing is created");
 }
 
 #[test]
 fn terse_hides_info_lines() {
     let store = tempfile::tempdir().unwrap();
+    std::fs::create_dir(store.path().join("db")).unwrap();
     let prefix = format!("file://localhost{}/db", store.path().display());
     let out = wal_e(
         &["--terse", "backup-push", "/x"],

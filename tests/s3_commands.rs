@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::backend::{BackendEnv, TestBackend};
-use common::cli::{fake_segment, stderr};
+use common::cli::{fake_segment, random_bytes, stderr};
 use common::pg::{Cluster, make_traversable};
 use common::s3::{FakeImds, FaultProxy, S3Backend, S3Server};
 use common::scenarios;
@@ -148,6 +148,94 @@ fn a_server_that_always_fails_makes_commands_fail_in_bounded_time() {
         started.elapsed() < 3 * GIVE_UP_WITHIN,
         "gave up after {:?}",
         started.elapsed()
+    );
+}
+
+/// Runs wal-push of a fresh segment holding `data`, killing it (and
+/// failing) if it runs past `bound`; returns its output and duration.
+fn wal_push_within(env: &BackendEnv, data: &[u8], bound: Duration) -> (Output, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("000000010000000000000011");
+    std::fs::write(&seg, data).unwrap();
+    let started = Instant::now();
+    let mut child = env
+        .command(&["wal-push", seg.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > bound {
+            child.kill().unwrap();
+            panic!("wal-push still running after {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    (child.wait_with_output().unwrap(), took)
+}
+
+fn assert_timed_out(out: &Output, secs: u64) {
+    let log = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(&format!("MSG: could not archive WAL within {secs} s")),
+        "{log}"
+    );
+    assert!(
+        log.contains("HINT: PostgreSQL runs archive_command again later"),
+        "{log}"
+    );
+}
+
+/// archive_command must return in bounded time: against a server that
+/// accepts connections and never answers, wal-push gives up after
+/// WALE_WAL_PUSH_TIMEOUT instead of waiting out read timeouts and retries
+/// for hours while PostgreSQL's archiver waits.
+#[test]
+fn wal_push_gives_up_after_its_timeout_on_a_store_that_never_answers() {
+    // Never accepted: the kernel completes the connections, nobody answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let env = S3Backend::new()
+        .fresh_prefix()
+        .with(
+            "WALE_S3_ENDPOINT",
+            &format!(
+                "http+path://127.0.0.1:{}",
+                silent.local_addr().unwrap().port()
+            ),
+        )
+        .with("WALE_WAL_PUSH_TIMEOUT", "2");
+    let (out, took) = wal_push_within(&env, &fake_segment(1 << 20, 11), GIVE_UP_WITHIN);
+    assert_timed_out(&out, 2);
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+        "took {took:?}"
+    );
+}
+
+/// A wal-push cut off by its timeout midway through a multipart upload
+/// aborts the upload before exiting, and leaves no object.
+#[test]
+fn a_timed_out_multipart_wal_push_aborts_its_upload() {
+    let proxy = FaultProxy::start();
+    proxy.faults.hang_part_uploads.store(true, Ordering::SeqCst);
+    let env = S3Backend::via(proxy.port)
+        .fresh_prefix()
+        .with("WALE_WAL_PUSH_TIMEOUT", "3");
+    // Incompressible, so larger than one 8 MiB part.
+    let (out, _) = wal_push_within(&env, &random_bytes(16 << 20, 12), GIVE_UP_WITHIN);
+    assert_timed_out(&out, 3);
+    assert_eq!(
+        proxy.faults.multipart_aborts.load(Ordering::SeqCst),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        scenarios::list_keys(&env).is_empty(),
+        "{:?}",
+        scenarios::list_keys(&env)
     );
 }
 

@@ -175,6 +175,29 @@ fn pooled_ready_segments_are_pushed_and_marked_done() {
 }
 
 #[test]
+fn an_unreadable_archive_status_still_archives_the_named_segment() {
+    let store = FileStoreEnv::new();
+    let wal = WalDir::new();
+    let name = "000000010000000000000021";
+    let path = wal.add(name, &fake_segment(1 << 20, 21), false);
+    // Root ignores permissions: a regular file in its place makes reading
+    // the directory fail (ENOTDIR).
+    let status_dir = wal.pg_wal.join("archive_status");
+    std::fs::remove_dir_all(&status_dir).unwrap();
+    std::fs::write(&status_dir, b"").unwrap();
+
+    let out = store.run(&["wal-push", "--pool-size", "4", path.to_str().unwrap()]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(store.wal_object(name).is_file(), "{log}");
+    assert!(
+        log.contains("WARNING  MSG: could not read the archive status directory"),
+        "{log}"
+    );
+    assert!(log.contains(status_dir.to_str().unwrap()), "{log}");
+}
+
+#[test]
 fn missing_explicit_file_fails_with_exit_1() {
     let store = FileStoreEnv::new();
     let wal = WalDir::new();
@@ -186,7 +209,7 @@ fn missing_explicit_file_fails_with_exit_1() {
 #[test]
 fn fetching_a_missing_segment_exits_1_and_writes_nothing() {
     let store = FileStoreEnv::new();
-    std::fs::create_dir_all(store.root()).unwrap();
+    std::fs::create_dir(store.root().join("wal_005")).unwrap();
     let dest = tempfile::tempdir().unwrap();
     let target = dest.path().join("RECOVERYXLOG");
     let out = store.run(&[
@@ -202,7 +225,7 @@ fn fetching_a_missing_segment_exits_1_and_writes_nothing() {
 fn a_missing_store_directory_is_not_an_empty_archive() {
     // An unmounted NFS share: the prefix directory itself is absent. That is
     // not "no such WAL file" (which would end recovery), it is 126.
-    let empty = FileStoreEnv::new();
+    let empty = FileStoreEnv::without_store_dir();
     let dest = tempfile::tempdir().unwrap();
     let target = dest.path().join("RECOVERYXLOG");
     let out = empty.run(&[
@@ -212,17 +235,93 @@ fn a_missing_store_directory_is_not_an_empty_archive() {
     ]);
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("is the file system mounted?"),
+        stderr(&out).contains("or is the share mounted?"),
         "{}",
         stderr(&out)
+    );
+    assert!(!target.exists());
+    assert!(!empty.root().exists());
+}
+
+#[test]
+fn a_prefix_without_wal_005_is_not_an_empty_archive() {
+    // An empty mount point named as the prefix, or the wrong directory.
+    let store = FileStoreEnv::new();
+    let dest = tempfile::tempdir().unwrap();
+    let target = dest.path().join("RECOVERYXLOG");
+    let out = store.run(&[
+        "wal-fetch",
+        "--prefetch",
+        "0",
+        "0000000100000000000000AA",
+        target.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(126), "{log}");
+    let wal_dir = store.root().join("wal_005");
+    assert!(
+        log.contains(&format!(
+            "the directory {} does not exist (is the file system mounted?)",
+            wal_dir.display()
+        )),
+        "{log}"
+    );
+    assert!(!target.exists());
+    assert!(!wal_dir.exists(), "wal-fetch creates nothing in the store");
+}
+
+#[test]
+fn a_directory_where_a_wal_object_should_be_is_a_damaged_store() {
+    let store = FileStoreEnv::new();
+    let name = "0000000100000000000000AA";
+    std::fs::create_dir_all(store.wal_object(name)).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let target = dest.path().join("RECOVERYXLOG");
+    let out = store.run(&[
+        "wal-fetch",
+        "--prefetch",
+        "0",
+        name,
+        target.to_str().unwrap(),
+    ]);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(126), "{log}");
+    assert!(
+        log.contains("is not a regular file: the store is damaged"),
+        "{log}"
     );
     assert!(!target.exists());
 }
 
 #[test]
+fn wal_push_to_a_missing_store_directory_fails_and_writes_nothing() {
+    let store = FileStoreEnv::without_store_dir();
+    let wal = WalDir::new();
+    let path = wal.add("000000010000000000000031", &fake_segment(1 << 20, 31), true);
+    let out = push(&store, &path);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("MSG: the storage directory is not available"),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("DETAIL: {}", store.root().display())),
+        "{log}"
+    );
+    assert!(
+        log.contains("HINT: Create it") && log.contains("or is the share mounted?"),
+        "{log}"
+    );
+    assert!(
+        !store.root().exists(),
+        "no directory is created where the share should be"
+    );
+}
+
+#[test]
 fn wal_fetch_never_exits_below_126_except_for_a_missing_file() {
     let store = FileStoreEnv::new();
-    std::fs::create_dir_all(store.root()).unwrap();
     let dest = tempfile::tempdir().unwrap();
     let target = dest.path().join("RECOVERYXLOG");
     let target = target.to_str().unwrap();
@@ -264,7 +363,6 @@ fn wal_fetch_never_exits_below_126_except_for_a_missing_file() {
 #[test]
 fn a_store_that_cannot_answer_makes_wal_fetch_exit_126() {
     let store = FileStoreEnv::new();
-    std::fs::create_dir_all(store.root()).unwrap();
     // wal_005 is a file: every lookup under it fails with ENOTDIR, which is
     // not "does not exist".
     std::fs::write(store.root().join("wal_005"), b"not a directory").unwrap();

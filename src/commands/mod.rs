@@ -70,19 +70,30 @@ pub async fn dispatch(command: Command, mut settings: Settings, global: GlobalAr
         // instead of lingering for WALE_RETRIES attempts after recovery ends.
         settings.retries = settings.retries.at_most(PREFETCH_ATTEMPTS);
     }
-    let store = storage::open(&settings, &ProcessEnv).await?;
-    let ctx = Context::new(settings, store, global);
-    match command {
-        Command::BackupPush(args) => backup_push::run(&ctx, &args).await,
-        Command::BackupFetch(args) => backup_fetch::run(&ctx, &args).await,
-        Command::WalPush(args) => wal_push::run(&ctx, &args).await,
-        Command::WalFetch(args) => wal_fetch::run(&ctx, &args).await,
-        Command::WalPrefetch(args) => wal_fetch::run_prefetch(&ctx, &args).await,
-        Command::BackupList(args) => backup_list::run(&ctx, &args).await,
-        Command::Delete(args) => delete::run(&ctx, &args).await,
-        // Printed by `run` before any configuration is read.
-        Command::Version => Ok(()),
-    }
+    // wal-push is bounded as a whole, opening the store included.
+    let time_bound = matches!(command, Command::WalPush(_)).then_some(settings.wal_push_timeout);
+    let work = async move {
+        let store = storage::open(&settings, &ProcessEnv).await?;
+        let ctx = Context::new(settings, store, global);
+        match command {
+            Command::BackupPush(args) => backup_push::run(&ctx, &args).await,
+            Command::BackupFetch(args) => backup_fetch::run(&ctx, &args).await,
+            Command::WalPush(args) => wal_push::run(&ctx, &args).await,
+            Command::WalFetch(args) => wal_fetch::run(&ctx, &args).await,
+            Command::WalPrefetch(args) => wal_fetch::run_prefetch(&ctx, &args).await,
+            Command::BackupList(args) => backup_list::run(&ctx, &args).await,
+            Command::Delete(args) => delete::run(&ctx, &args).await,
+            // Printed by `run` before any configuration is read.
+            Command::Version => Ok(()),
+        }
+    };
+    let result = match time_bound {
+        Some(limit) => wal_push::within(limit, work).await,
+        None => work.await,
+    };
+    // Cancelled uploads may have left clean-up running (S3 aborts).
+    storage::wait_for_cleanup().await;
+    result
 }
 
 /// WAL-E's `format_kib_per_second`: `'{0:02g}'` of KiB/s, six significant digits.

@@ -6,10 +6,11 @@
 //! there is accepted only if it holds the same WAL, so a second server writing
 //! to the same prefix is caught instead of silently overwriting history.
 
+use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
@@ -50,6 +51,25 @@ enum Compared {
     Content,
 }
 
+/// Runs `work`, a whole wal-push, for at most `limit`
+/// (`WALE_WAL_PUSH_TIMEOUT`). PostgreSQL's archiver waits for
+/// archive_command, so a store that hangs or keeps failing must not hold it
+/// for hours: when the time is up, whatever is in flight is dropped (a
+/// file:// temporary file is removed, an S3 multipart upload aborted as
+/// clean-up) and PostgreSQL tries again on its own schedule.
+pub async fn within(limit: Duration, work: impl Future<Output = CmdResult>) -> CmdResult {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(UserError::new(format!(
+            "could not archive WAL within {} s",
+            limit.as_secs()
+        ))
+        .detail("wal-push gave up after WALE_WAL_PUSH_TIMEOUT: the store did not answer in time, or kept failing (see any retries logged above). Unfinished uploads were cancelled.")
+        .hint("PostgreSQL runs archive_command again later. Check that the store is reachable; raise WALE_WAL_PUSH_TIMEOUT if uploads are only slow.")
+        .into()),
+    }
+}
+
 pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
     let path = &args.wal_segment;
     let name = path
@@ -76,7 +96,7 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
     let pool = args.pool_size as usize;
     if pool > 1 {
         files.extend(
-            ready_segments(&xlog_dir, &name)?
+            ready_segments(&xlog_dir, &name)
                 .into_iter()
                 .take(pool - 1)
                 .map(|seg| WalFile {
@@ -124,17 +144,22 @@ pub async fn run(ctx: &Context, args: &WalPushArgs) -> CmdResult {
 }
 
 /// Full segment names with a `.ready` status file, sorted, except `skip`.
-fn ready_segments(xlog_dir: &Path, skip: &str) -> Result<Vec<String>, UserError> {
+/// The pool is an optimisation: when the status directory cannot be read,
+/// the named segment is still archived (with a warning), and PostgreSQL
+/// hands over the others one by one.
+fn ready_segments(xlog_dir: &Path, skip: &str) -> Vec<String> {
     let status_dir = xlog_dir.join("archive_status");
     let entries = match std::fs::read_dir(&status_dir) {
         Ok(entries) => entries,
         // Not a PostgreSQL WAL directory (e.g. a file pushed by hand): no pool.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            return Err(
-                UserError::new("could not read the archive status directory")
-                    .detail(format!("{}: {e}", status_dir.display())),
+            tracing::warn!(
+                detail = %format!("{}: {e}", status_dir.display()),
+                hint = "Only the WAL file PostgreSQL named is archived now; other ready segments wait for their own turn.",
+                "could not read the archive status directory"
             );
+            return Vec::new();
         }
     };
     let mut names: Vec<String> = entries
@@ -143,7 +168,7 @@ fn ready_segments(xlog_dir: &Path, skip: &str) -> Result<Vec<String>, UserError>
         .filter(|n| n != skip)
         .collect();
     names.sort();
-    Ok(names)
+    names
 }
 
 /// Renames `archive_status/<seg>.ready` to `.done`, durably.

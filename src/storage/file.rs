@@ -3,10 +3,17 @@
 //! A put writes a hidden temporary file in the object's directory, fsyncs it,
 //! renames it into place (without replacing, for create-only puts) and fsyncs
 //! the directory: readers never see a partial object and a crash never leaves
-//! one behind, only an unlisted `.wal-e-tmp.*` file.
+//! one behind, only an unlisted `.wal-e-tmp.*` file, which a later put in the
+//! same directory removes once it is an hour old.
+//!
+//! The prefix directory must exist: puts create directories only below it,
+//! and a get calls an object missing only when the directory that should
+//! hold it exists. An unmounted share therefore never receives WAL on the
+//! local disk and never looks like an empty archive.
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,12 +22,16 @@ use tokio::io::AsyncWriteExt;
 use tokio_util::io::ReaderStream;
 
 use crate::durable::sync_dir;
+use crate::error::UserError;
 
 use super::{GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
 
 const TEMP_PREFIX: &str = ".wal-e-tmp.";
 /// Object metadata is kept in extended attributes of this namespace.
 const XATTR_NAMESPACE: &str = "user.";
+/// A temporary file untouched for this long was left by a put that was
+/// killed: a running put writes to its file as the data arrives.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(3600);
 const READ_CHUNK: usize = 256 * 1024;
 
 #[derive(Debug, Clone)]
@@ -41,21 +52,61 @@ impl FileStore {
         }
     }
 
-    /// A missing object is only "not found" while the store's own directory
-    /// exists: an unmounted NFS share must not look like an empty archive
-    /// (wal-fetch would end recovery early).
-    fn missing(&self, op: &'static str, key: &str, err: io::Error) -> StoreError {
-        match err.kind() {
-            io::ErrorKind::NotFound if !self.keep.is_dir() => StoreError::permanent(
+    /// The store of a `file://` prefix naming directory `dir`, which must
+    /// exist (see the module documentation).
+    pub async fn open(dir: PathBuf, url: &str) -> Result<FileStore, UserError> {
+        let problem = match tokio::fs::metadata(&dir).await {
+            Ok(md) if md.is_dir() => return Ok(FileStore::new("/", dir)),
+            Ok(_) => "it is not a directory".to_string(),
+            Err(e) => e.to_string(),
+        };
+        Err(UserError::new("the storage directory is not available")
+            .detail(format!(
+                "{} (of the prefix {url}): {problem}",
+                dir.display()
+            ))
+            .hint(format!(
+                "Create it (mkdir -p {}, writable by the user PostgreSQL runs as), or is the share mounted? wal-e creates directories only below it, so that WAL never lands on the local disk under an unmounted mount point.",
+                dir.display()
+            )))
+    }
+
+    /// A missing file is "not found" only while `must_exist` exists: an
+    /// unmounted share, or a prefix without `wal_005/`, must not look like an
+    /// empty archive (wal-fetch would end recovery early). A get needs the
+    /// directory that should hold the object; a head, which asks whether an
+    /// object is there yet (backup-push, before writing into directories it
+    /// is about to create), needs the prefix directory, as S3 needs the bucket.
+    fn missing(
+        &self,
+        op: &'static str,
+        key: &str,
+        must_exist: &Path,
+        err: io::Error,
+    ) -> StoreError {
+        if err.kind() == io::ErrorKind::NotFound && !must_exist.is_dir() {
+            return StoreError::permanent(
                 op,
                 key,
                 format!(
-                    "the store directory {} does not exist (is the file system mounted?)",
-                    self.keep.display()
+                    "the directory {} does not exist (is the file system mounted?)",
+                    must_exist.display()
                 ),
-            ),
-            _ => classify(op, key, err),
+            );
         }
+        classify(op, key, err)
+    }
+
+    /// The prefix directory is gone: the share was unmounted under us.
+    fn no_store_dir(&self, op: &'static str, key: &str) -> StoreError {
+        StoreError::permanent(
+            op,
+            key,
+            format!(
+                "the store directory {} does not exist (create it, or is the share mounted?)",
+                self.keep.display()
+            ),
+        )
     }
 
     fn path(&self, op: &'static str, key: &str) -> Result<PathBuf, StoreError> {
@@ -70,6 +121,56 @@ impl FileStore {
         }
         Ok(self.root.join(rel))
     }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("/"))
+}
+
+/// Removes the temporary files in `dir` that were last written more than
+/// [`STALE_TEMP_AGE`] ago: the remains of puts killed midway. One directory
+/// per put, the one it writes to, so that leftovers do not pile up where
+/// puts keep coming (`wal_005/`). Best effort: a failure here never fails the
+/// put. A put that stalled that long and loses its file fails its rename
+/// with "not found" and is retried.
+fn sweep_stale_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let Some(cutoff) = SystemTime::now().checked_sub(STALE_TEMP_AGE) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(TEMP_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let stale = entry
+            .metadata()
+            .and_then(|md| Ok(md.is_file() && md.modified()? < cutoff))
+            .unwrap_or(false);
+        if stale && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::info!(
+                detail = %format!("Removed {}.", entry.path().display()),
+                "removed a temporary file left by an interrupted upload"
+            );
+        }
+    }
+}
+
+/// Something other than a regular file where an object should be.
+fn not_a_file(op: &'static str, key: &str, path: &Path) -> StoreError {
+    StoreError::permanent(
+        op,
+        key,
+        format!(
+            "{} is not a regular file: the store is damaged",
+            path.display()
+        ),
+    )
 }
 
 fn classify(op: &'static str, key: &str, err: io::Error) -> StoreError {
@@ -98,14 +199,16 @@ fn classify_put(key: &str, err: io::Error) -> StoreError {
     }
 }
 
-fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
-    let modified = md.modified().map(DateTime::<Utc>::from).unwrap_or_default();
-    ObjectMeta {
+/// A file's size and modification time; a file system that records no time
+/// is an error (1970-01-01 instead would silently change which backup is
+/// LATEST).
+fn meta_of(key: String, md: &std::fs::Metadata) -> io::Result<ObjectMeta> {
+    Ok(ObjectMeta {
         key,
         size: md.len(),
-        last_modified: modified,
+        last_modified: md.modified().map(DateTime::<Utc>::from)?,
         metadata: Metadata::new(),
-    }
+    })
 }
 
 /// Stores `metadata` as `user.<name>` extended attributes of `file`. A file
@@ -139,53 +242,61 @@ fn read_metadata(file: &std::fs::File) -> Metadata {
         .collect()
 }
 
-/// `create_dir_all`, then fsync the parent of every directory it created so
-/// the new entries survive a crash.
-fn create_dir_all_durable(dir: &Path) -> io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    let mut cur = Some(dir);
-    while let Some(d) = cur {
-        if d.is_dir() {
-            break;
-        }
-        missing.push(d.to_path_buf());
-        cur = d.parent();
-    }
-    std::fs::create_dir_all(dir)?;
-    for d in &missing {
-        if let Some(parent) = d.parent() {
-            sync_dir(parent)?;
-        }
-    }
-    Ok(())
-}
-
 impl FileStore {
-    /// Opens an object for reading, with its size, time and metadata.
-    async fn open(
+    /// Opens an object for reading, with its size, time and metadata. It is
+    /// missing only if `holder` (the directory that would hold it) exists.
+    async fn open_object(
         &self,
         op: &'static str,
         key: &str,
+        holder: impl FnOnce(&Path) -> PathBuf,
     ) -> Result<(std::fs::File, ObjectMeta), StoreError> {
         let path = self.path(op, key)?;
-        let file = tokio::fs::File::open(&path)
+        // Non-blocking, so that a FIFO in the object's place cannot hang the
+        // open; it has no effect on regular files.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
             .await
-            .map_err(|e| self.missing(op, key, e))?;
+            .map_err(|e| self.missing(op, key, &holder(&path), e))?;
         let md = file.metadata().await.map_err(|e| classify(op, key, e))?;
         if !md.is_file() {
-            return Err(StoreError::NotFound {
-                key: key.to_string(),
-            });
+            return Err(not_a_file(op, key, &path));
         }
         let file = file.into_std().await;
         let meta = ObjectMeta {
             metadata: read_metadata(&file),
-            ..meta_of(key.to_string(), &md)
+            ..meta_of(key.to_string(), &md).map_err(|e| classify(op, key, e))?
         };
         Ok((file, meta))
+    }
+
+    /// Creates `dir` and the directories between it and the prefix
+    /// directory, which must exist, fsyncing the parent of each so the new
+    /// entries survive a crash.
+    fn create_dirs_below_keep(&self, key: &str, dir: &Path) -> Result<(), StoreError> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        if !self.keep.is_dir() {
+            return Err(self.no_store_dir("put", key));
+        }
+        let below = dir.strip_prefix(&self.keep).map_err(|_| {
+            StoreError::permanent("put", key, "the object is outside the store directory")
+        })?;
+        let mut cur = self.keep.clone();
+        for part in below.components() {
+            cur.push(part);
+            match std::fs::create_dir(&cur) {
+                Ok(()) => sync_dir(parent_of(&cur)).map_err(|e| classify_put(key, e))?,
+                // By a concurrent put; if it is not a directory, the next
+                // step fails with ENOTDIR.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(classify_put(key, e)),
+            }
+        }
+        Ok(())
     }
 
     async fn write_temp(
@@ -195,15 +306,18 @@ impl FileStore {
         payload: &PutPayload,
     ) -> Result<tempfile::NamedTempFile, StoreError> {
         let dir_owned = dir.to_path_buf();
+        let store = self.clone();
+        let key_owned = key.to_string();
         let temp = tokio::task::spawn_blocking(move || {
-            create_dir_all_durable(&dir_owned)?;
+            store.create_dirs_below_keep(&key_owned, &dir_owned)?;
+            sweep_stale_temps(&dir_owned);
             tempfile::Builder::new()
                 .prefix(TEMP_PREFIX)
                 .tempfile_in(&dir_owned)
+                .map_err(|e| classify_put(&key_owned, e))
         })
         .await
-        .map_err(|e| StoreError::permanent("put", key, e))?
-        .map_err(|e| classify_put(key, e))?;
+        .map_err(|e| StoreError::permanent("put", key, e))??;
 
         let std_file = temp
             .as_file()
@@ -252,7 +366,7 @@ impl FileStore {
                 }
             } else if file_type.is_file() && key.starts_with(prefix) {
                 match entry.metadata() {
-                    Ok(md) => out.push(meta_of(key.to_string(), &md)),
+                    Ok(md) => out.push(meta_of(key.to_string(), &md)?),
                     // Deleted while we were listing.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),
@@ -308,7 +422,9 @@ impl Store for FileStore {
     }
 
     async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
-        let (file, meta) = self.open("get", key).await?;
+        let (file, meta) = self
+            .open_object("get", key, |path| parent_of(path).to_path_buf())
+            .await?;
         Ok(GetResult {
             meta,
             stream: ReaderStream::with_capacity(tokio::fs::File::from_std(file), READ_CHUNK)
@@ -317,7 +433,12 @@ impl Store for FileStore {
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        Ok(self.open("head", key).await?.1)
+        // A missing object's directory may be the share's: only the prefix
+        // directory says whether the store is there.
+        Ok(self
+            .open_object("head", key, |_| self.keep.clone())
+            .await?
+            .1)
     }
 
     fn list(
@@ -329,25 +450,28 @@ impl Store for FileStore {
         let store = self.clone();
         stream::once(async move {
             let listed = tokio::task::spawn_blocking(move || {
+                if !store.keep.is_dir() {
+                    return Err(store.no_store_dir("list", &prefix));
+                }
                 let start_dir = match prefix.rfind('/') {
                     Some(i) => store.root.join(&prefix[..i]),
                     None => store.root.clone(),
                 };
                 let mut out = Vec::new();
-                store.walk(&start_dir, &prefix, &mut out)?;
+                store
+                    .walk(&start_dir, &prefix, &mut out)
+                    .map_err(|e| classify("list", "(listing)", e))?;
                 out.sort_by(|a, b| a.key.cmp(&b.key));
                 if let Some(after) = start_after {
                     out.retain(|m| m.key > after);
                 }
-                Ok::<_, io::Error>(out)
+                Ok(out)
             })
-            .await;
+            .await
+            .unwrap_or_else(|e| Err(StoreError::permanent("list", "(listing)", e)));
             match listed {
-                Ok(Ok(items)) => stream::iter(items.into_iter().map(Ok)).boxed(),
-                Ok(Err(e)) => stream::iter([Err(classify("list", "(listing)", e))]).boxed(),
-                Err(e) => {
-                    stream::iter([Err(StoreError::permanent("list", "(listing)", e))]).boxed()
-                }
+                Ok(items) => stream::iter(items.into_iter().map(Ok)).boxed(),
+                Err(e) => stream::iter([Err(e)]).boxed(),
             }
         })
         .flatten()

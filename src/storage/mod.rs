@@ -13,13 +13,16 @@ mod wabs;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio_util::task::TaskTracker;
 
 use crate::ByteStream;
 use crate::config::{Env, Scheme, Settings};
@@ -306,6 +309,39 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError>;
 }
 
+/// Clean-up that a cancelled operation leaves to run on its own (aborting
+/// the multipart upload of a dropped S3 put), so that the process can wait
+/// for it before exiting instead of cutting it off.
+static CLEANUP: LazyLock<TaskTracker> = LazyLock::new(TaskTracker::new);
+
+/// How long [`wait_for_cleanup`] waits at most.
+const CLEANUP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `task` on the current runtime as clean-up the process waits for
+/// (see [`wait_for_cleanup`]); without a runtime (the process is ending) it
+/// cannot run and is dropped.
+pub(crate) fn spawn_cleanup(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        CLEANUP.spawn_on(task, &rt);
+    }
+}
+
+/// Waits, at most a few seconds, for the clean-up cancelled operations left
+/// running; called once, as a command ends.
+pub async fn wait_for_cleanup() {
+    CLEANUP.close();
+    if tokio::time::timeout(CLEANUP_GRACE, CLEANUP.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            detail = %format!("{} clean-up task(s) of cancelled uploads did not finish within {} s.", CLEANUP.len(), CLEANUP_GRACE.as_secs()),
+            hint = "An S3 multipart upload may be left incomplete: invisible, but stored until a bucket lifecycle rule (AbortIncompleteMultipartUpload) removes it.",
+            "gave up waiting for clean-up"
+        );
+    }
+}
+
 /// Opens the store a prefix names, with WAL-E's retry behaviour around it.
 ///
 /// Each backend reads its own settings (endpoints, credentials) from `env`;
@@ -314,7 +350,11 @@ pub async fn open(settings: &Settings, env: &dyn Env) -> Result<Arc<dyn Store>, 
     let policy = RetryPolicy::from_retries(settings.retries);
     match settings.prefix.scheme {
         Scheme::File => Ok(Arc::new(RetryingStore::new(
-            FileStore::new("/", format!("/{}", settings.prefix.path)),
+            FileStore::open(
+                format!("/{}", settings.prefix.path).into(),
+                &settings.prefix.url,
+            )
+            .await?,
             policy,
         ))),
         Scheme::S3 => Ok(Arc::new(RetryingStore::new(

@@ -401,9 +401,15 @@ impl WabsStore {
     }
 }
 
-fn to_chrono(t: Option<azure_core::time::OffsetDateTime>) -> DateTime<Utc> {
+/// A blob's time as the service gave it. A missing or impossible one is an
+/// error: 1970-01-01 in its place would silently change which backup is LATEST.
+fn last_modified(
+    op: &'static str,
+    key: &str,
+    t: Option<azure_core::time::OffsetDateTime>,
+) -> Result<DateTime<Utc>, StoreError> {
     t.and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()))
-        .unwrap_or_default()
+        .ok_or_else(|| StoreError::permanent(op, key, "Azure gave no usable Last-Modified time"))
 }
 
 /// Reads the next block of up to [`BLOCK_SIZE`] bytes from `body`; the second
@@ -542,7 +548,7 @@ impl Store for WabsStore {
         let meta = ObjectMeta {
             key: key.to_string(),
             size: size.unwrap_or(0),
-            last_modified: to_chrono(result.properties.last_modified),
+            last_modified: last_modified("get", key, result.properties.last_modified)?,
             metadata: metadata_from(&result.properties.metadata),
         };
         let key_owned = key.to_string();
@@ -567,7 +573,7 @@ impl Store for WabsStore {
         Ok(ObjectMeta {
             key: key.to_string(),
             size: rsp.content_length().map_err(header)?.unwrap_or(0),
-            last_modified: to_chrono(rsp.last_modified().map_err(header)?),
+            last_modified: last_modified("head", key, rsp.last_modified().map_err(header)?)?,
             metadata: metadata_from(rsp.metadata().map_err(header)?),
         })
     }
@@ -600,12 +606,14 @@ impl Store for WabsStore {
                                 return None;
                             }
                             let props = blob.properties.unwrap_or_default();
-                            Some(Ok(ObjectMeta {
-                                key,
-                                size: props.content_length.unwrap_or(0),
-                                last_modified: to_chrono(props.last_modified),
-                                metadata: Metadata::new(),
-                            }))
+                            Some(last_modified("list", &key, props.last_modified).map(
+                                |last_modified| ObjectMeta {
+                                    size: props.content_length.unwrap_or(0),
+                                    last_modified,
+                                    key,
+                                    metadata: Metadata::new(),
+                                },
+                            ))
                         }
                     }
                 }
@@ -689,6 +697,18 @@ mod tests {
         assert_eq!(url.as_str(), "http://127.0.0.1:10000/devstoreaccount1");
         assert!(parse_endpoint("https://a.blob.core.windows.net?sv=1").is_err());
         assert!(parse_endpoint("ftp://a/").is_err());
+    }
+
+    #[test]
+    fn a_missing_last_modified_time_is_an_error_not_1970() {
+        let t = azure_core::time::OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+        assert_eq!(
+            last_modified("head", "k", Some(t)).unwrap(),
+            DateTime::from_timestamp(1_795_000_000, 0).unwrap()
+        );
+        let err = last_modified("list", "wal_005/x.lzo", None).unwrap_err();
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("no usable Last-Modified"), "{err}");
     }
 
     #[test]

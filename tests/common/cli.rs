@@ -14,7 +14,17 @@ pub struct FileStoreEnv {
 }
 
 impl FileStoreEnv {
+    /// A store whose prefix directory exists, empty (wal-e creates
+    /// directories only below it).
     pub fn new() -> Self {
+        let env = FileStoreEnv::without_store_dir();
+        std::fs::create_dir(env.root()).unwrap();
+        env
+    }
+
+    /// A prefix naming a directory that does not exist, as under an
+    /// unmounted share.
+    pub fn without_store_dir() -> Self {
         FileStoreEnv {
             dir: tempfile::tempdir().unwrap(),
             extra_env: Vec::new(),

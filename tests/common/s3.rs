@@ -262,6 +262,11 @@ pub struct Faults {
     pub refuse_delete_of: Mutex<Option<(String, &'static str)>>,
     /// Bucket HEADs are answered with this region header added.
     pub bucket_region: Mutex<Option<String>>,
+    /// Multipart part uploads are never answered (a server that hangs
+    /// midway through an upload).
+    pub hang_part_uploads: AtomicBool,
+    /// AbortMultipartUpload requests the server answered with success.
+    pub multipart_aborts: AtomicU64,
     pub requests: AtomicU64,
     pub failed: AtomicU64,
     /// Requests that asked for server-side encryption.
@@ -359,6 +364,17 @@ impl FaultProxy {
                         ),
                     );
                 }
+                let multipart = req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p.starts_with("uploadId=")));
+                if multipart
+                    && req.method() == hyper::Method::PUT
+                    && faults.hang_part_uploads.load(Ordering::SeqCst)
+                {
+                    return std::future::pending().await;
+                }
+                let abort = multipart && req.method() == hyper::Method::DELETE;
                 let head_bucket = req.method() == hyper::Method::HEAD && !is_object;
                 let target = format!(
                     "http://127.0.0.1:{upstream}{}",
@@ -368,6 +384,9 @@ impl FaultProxy {
                 match client.request(req).await {
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
+                        if abort && parts.status.is_success() {
+                            faults.multipart_aborts.fetch_add(1, Ordering::SeqCst);
+                        }
                         if head_bucket
                             && let Some(region) = faults.bucket_region.lock().unwrap().clone()
                         {

@@ -274,9 +274,15 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-fn last_modified(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
+/// An object's time as S3 gave it. A missing or impossible one is an error:
+/// 1970-01-01 in its place would silently change which backup is LATEST.
+fn last_modified(
+    op: &'static str,
+    key: &str,
+    t: Option<&aws_sdk_s3::primitives::DateTime>,
+) -> Result<DateTime<Utc>, StoreError> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-        .unwrap_or_default()
+        .ok_or_else(|| StoreError::permanent(op, key, "S3 gave no usable Last-Modified time"))
 }
 
 fn content_md5(data: &[u8]) -> String {
@@ -348,7 +354,8 @@ impl PartReader {
 }
 
 /// Aborts a multipart upload unless disarmed, also when the put is dropped
-/// midway (the abort then runs as a task of its own).
+/// midway (the abort then runs as clean-up the process waits for, see
+/// [`super::wait_for_cleanup`]).
 struct AbortOnDrop {
     client: Client,
     bucket: String,
@@ -361,21 +368,23 @@ impl AbortOnDrop {
         self.upload_id = None;
     }
 
+    /// Aborts now; if this is cancelled midway, the drop aborts again.
     async fn abort_now(&mut self) {
-        if let Some(upload_id) = self.upload_id.take() {
-            abort_upload(&self.client, &self.bucket, &self.key, &upload_id).await;
+        if let Some(upload_id) = &self.upload_id {
+            abort_upload(&self.client, &self.bucket, &self.key, upload_id).await;
+            self.disarm();
         }
     }
 }
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(upload_id) = self.upload_id.take()
-            && let Ok(rt) = tokio::runtime::Handle::try_current()
-        {
+        if let Some(upload_id) = self.upload_id.take() {
             let (client, bucket, key) =
                 (self.client.clone(), self.bucket.clone(), self.key.clone());
-            rt.spawn(async move { abort_upload(&client, &bucket, &key, &upload_id).await });
+            super::spawn_cleanup(
+                async move { abort_upload(&client, &bucket, &key, &upload_id).await },
+            );
         }
     }
 }
@@ -533,7 +542,7 @@ impl S3Store {
             Ok(out) => Ok(ObjectMeta {
                 key: key.to_string(),
                 size: out.content_length().unwrap_or(0).max(0) as u64,
-                last_modified: last_modified(out.last_modified()),
+                last_modified: last_modified("head", key, out.last_modified())?,
                 metadata: metadata_from(out.metadata().into_iter().flatten()),
             }),
             Err(e) => Err(classify(e).into_store_error("head", key)),
@@ -781,14 +790,19 @@ impl S3Store {
                 .contents()
                 .iter()
                 .filter_map(|o| {
-                    Some(ObjectMeta {
-                        key: o.key()?.to_string(),
-                        size: o.size().unwrap_or(0).max(0) as u64,
-                        last_modified: last_modified(o.last_modified()),
-                        metadata: Metadata::new(),
-                    })
+                    let key = o.key()?;
+                    Some(
+                        last_modified("list", key, o.last_modified()).map(|last_modified| {
+                            ObjectMeta {
+                                key: key.to_string(),
+                                size: o.size().unwrap_or(0).max(0) as u64,
+                                last_modified,
+                                metadata: Metadata::new(),
+                            }
+                        }),
+                    )
                 })
-                .collect();
+                .collect::<Result<_, _>>()?;
             let next = match out.is_truncated() {
                 Some(true) => Some(
                     out.next_continuation_token()
@@ -930,7 +944,7 @@ impl Store for S3Store {
         let meta = ObjectMeta {
             key: key.to_string(),
             size: out.content_length().unwrap_or(0).max(0) as u64,
-            last_modified: last_modified(out.last_modified()),
+            last_modified: last_modified("get", key, out.last_modified())?,
             metadata: metadata_from(out.metadata().into_iter().flatten()),
         };
         Ok(GetResult {
@@ -1056,6 +1070,18 @@ mod tests {
             out.push(reader.next_part("k").await.unwrap().len());
         }
         out
+    }
+
+    #[test]
+    fn a_missing_last_modified_time_is_an_error_not_1970() {
+        let t = aws_sdk_s3::primitives::DateTime::from_secs_and_nanos(1_795_000_000, 5_000);
+        assert_eq!(
+            last_modified("head", "k", Some(&t)).unwrap(),
+            DateTime::from_timestamp(1_795_000_000, 5_000).unwrap()
+        );
+        let err = last_modified("list", "wal_005/x.lzo", None).unwrap_err();
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("no usable Last-Modified"), "{err}");
     }
 
     #[tokio::test]

@@ -516,7 +516,7 @@ impl Store for SwiftStore {
         if !status.is_success() {
             return Err(status_error("get", key, resp).await);
         }
-        let meta = meta_from_headers(key, &resp);
+        let meta = meta_from_headers("get", key, resp.headers())?;
         let announced = resp.content_length();
         let owned = key.to_string();
         let body = resp
@@ -539,7 +539,7 @@ impl Store for SwiftStore {
         if !status.is_success() {
             return Err(status_error("head", key, resp).await);
         }
-        Ok(meta_from_headers(key, &resp))
+        meta_from_headers("head", key, resp.headers())
     }
 
     fn list(
@@ -630,15 +630,17 @@ impl SwiftStore {
         let entries: Vec<ListEntry> = serde_json::from_slice(&bytes).map_err(|e| {
             StoreError::transient("list", prefix, format!("unexpected container listing: {e}"))
         })?;
-        Ok(entries
+        entries
             .into_iter()
-            .map(|e| ObjectMeta {
-                last_modified: parse_listing_time(&e.last_modified),
-                key: e.name,
-                size: e.bytes,
-                metadata: Metadata::new(),
+            .map(|e| {
+                Ok(ObjectMeta {
+                    last_modified: parse_listing_time(&e.name, &e.last_modified)?,
+                    key: e.name,
+                    size: e.bytes,
+                    metadata: Metadata::new(),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// One `?bulk-delete` request: a 404 counts as deleted.
@@ -741,8 +743,15 @@ fn check_key(op: &'static str, key: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn meta_from_headers(key: &str, resp: &Response) -> ObjectMeta {
-    let header = |name| resp.headers().get(name).and_then(|v| v.to_str().ok());
+/// An object's size and time from its GET or HEAD response headers. A
+/// response without a usable time is an error: 1970-01-01 in its place would
+/// silently change which backup is LATEST.
+fn meta_from_headers(
+    op: &'static str,
+    key: &str,
+    headers: &reqwest::header::HeaderMap,
+) -> Result<ObjectMeta, StoreError> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
     let size = header(CONTENT_LENGTH)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
@@ -755,17 +764,19 @@ fn meta_from_headers(key: &str, resp: &Response) -> ObjectMeta {
                 .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
                 .map(|t| t.with_timezone(&Utc))
         })
-        .unwrap_or_default();
-    let metadata = metadata_from(resp.headers().iter().filter_map(|(name, value)| {
+        .ok_or_else(|| {
+            StoreError::permanent(op, key, "Swift gave no usable X-Timestamp or Last-Modified")
+        })?;
+    let metadata = metadata_from(headers.iter().filter_map(|(name, value)| {
         let name = name.as_str().strip_prefix(OBJECT_META)?;
         Some((name, value.to_str().ok()?))
     }));
-    ObjectMeta {
+    Ok(ObjectMeta {
         key: key.to_string(),
         size,
         last_modified,
         metadata,
-    }
+    })
 }
 
 /// The header prefix of user metadata; reqwest gives header names in lower
@@ -781,10 +792,16 @@ fn parse_x_timestamp(raw: &str) -> Option<DateTime<Utc>> {
 }
 
 /// Listings give naive UTC times such as `2014-04-30T23:02:38.123456`.
-fn parse_listing_time(raw: &str) -> DateTime<Utc> {
+fn parse_listing_time(key: &str, raw: &str) -> Result<DateTime<Utc>, StoreError> {
     NaiveDateTime::parse_from_str(raw, "%Y-%m-%dT%H:%M:%S%.f")
         .map(|t| t.and_utc())
-        .unwrap_or_default()
+        .map_err(|e| {
+            StoreError::permanent(
+                "list",
+                key,
+                format!("Swift listed an unreadable last_modified time {raw:?}: {e}"),
+            )
+        })
 }
 
 fn auth_error(op: &'static str, key: &str, failure: AuthFailure) -> StoreError {
@@ -914,10 +931,42 @@ mod tests {
 
     #[test]
     fn swift_times_parse() {
-        let t = parse_listing_time("2014-04-30T23:02:38.123456");
+        let t = parse_listing_time("k", "2014-04-30T23:02:38.123456").unwrap();
         assert_eq!(t.to_rfc3339(), "2014-04-30T23:02:38.123456+00:00");
         let t = parse_x_timestamp("1398898958.12345").unwrap();
         assert_eq!(t.to_rfc3339(), "2014-04-30T23:02:38.123450+00:00");
+    }
+
+    #[test]
+    fn unreadable_or_missing_times_are_errors_not_1970() {
+        for raw in ["", "yesterday", "2014-04-30 23:02:38"] {
+            let err = parse_listing_time("/db1/wal_005/x.lzo", raw).unwrap_err();
+            assert!(!err.is_transient());
+            assert!(
+                err.to_string().contains("unreadable last_modified"),
+                "{err}"
+            );
+        }
+
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, "5".parse().unwrap());
+        let err = meta_from_headers("head", "k", &headers).unwrap_err();
+        assert!(err.to_string().contains("no usable X-Timestamp"), "{err}");
+        headers.insert(LAST_MODIFIED, "not a date".parse().unwrap());
+        assert!(meta_from_headers("head", "k", &headers).is_err());
+        headers.insert(
+            LAST_MODIFIED,
+            "Wed, 30 Apr 2014 23:02:38 GMT".parse().unwrap(),
+        );
+        let meta = meta_from_headers("head", "k", &headers).unwrap();
+        assert_eq!(meta.size, 5);
+        assert_eq!(meta.last_modified.to_rfc3339(), "2014-04-30T23:02:38+00:00");
+        headers.insert("x-timestamp", "1398898958.12345".parse().unwrap());
+        let meta = meta_from_headers("get", "k", &headers).unwrap();
+        assert_eq!(
+            meta.last_modified.to_rfc3339(),
+            "2014-04-30T23:02:38.123450+00:00"
+        );
     }
 
     #[tokio::test]
