@@ -111,11 +111,11 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
             "complete",
             "complete wal restore",
         ),
-        Err(e) if e.is_not_found() => {
+        Err(CommandError::User(e)) if e.not_found => {
             tracing::info!(
-                detail = %format!("{url} does not exist."), action = "wal-fetch", key = %url,
-                prefix = %ctx.settings.prefix.path, seg = %name, state = "missing",
-                "could not find WAL file"
+                detail = e.detail.as_deref(), hint = e.hint.as_deref(), action = "wal-fetch",
+                key = %url, prefix = %ctx.settings.prefix.path, seg = %name, state = "missing",
+                "{}", e.msg
             );
         }
         Err(_) => {}
@@ -265,8 +265,9 @@ async fn download_with_retries(
             Ok(())
         }
         Err(StoreError::NotFound { .. }) => {
-            Err(UserError::new("WAL file not found in the archive")
+            Err(UserError::new("could not find WAL file")
                 .detail(format!("{url} does not exist."))
+                .hint("This is normal when PostgreSQL looks for timeline history files or reaches the end of the archive.")
                 .not_found()
                 .into())
         }

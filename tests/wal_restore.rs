@@ -1,0 +1,136 @@
+//! What wal-fetch hands PostgreSQL is the archive's file and nothing else:
+//! a prefetched copy is used only when it provably is the archive's object,
+//! decoded output is bounded by what a WAL file can be, staging files of
+//! killed commands do not pile up, and a missing file is an answer, not an
+//! error. Through the real binary on a file:// store.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use common::cli::{FileStoreEnv, lzop_compress, stderr, wal_segment};
+use common::store_fixture;
+
+const SEG: usize = 16 << 20;
+
+/// A file:// archive and a WAL directory to restore into.
+struct Restore {
+    store: FileStoreEnv,
+    dir: tempfile::TempDir,
+}
+
+impl Restore {
+    fn new() -> Self {
+        let store = FileStoreEnv::new();
+        std::fs::create_dir_all(store.root().join("wal_005")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pg_wal")).unwrap();
+        Restore { store, dir }
+    }
+
+    fn pg_wal(&self) -> PathBuf {
+        self.dir.path().join("pg_wal")
+    }
+
+    /// `%p`, as PostgreSQL passes it.
+    fn target(&self) -> PathBuf {
+        self.pg_wal().join("RECOVERYXLOG")
+    }
+
+    /// Stores `data` as the archive's object for `name`, compressed by the
+    /// real lzop.
+    fn archive(&self, name: &str, data: &[u8]) {
+        std::fs::write(self.store.wal_object(name), lzop_compress(data)).unwrap();
+    }
+
+    /// The URL wal-fetch knows the object for `name` by.
+    fn url(&self, name: &str) -> String {
+        format!("{}/wal_005/{name}.lzo", self.store.prefix())
+    }
+
+    fn prefetch_dir(&self) -> PathBuf {
+        self.pg_wal().join(".wal-e/prefetch")
+    }
+
+    fn prefetched(&self, name: &str) -> PathBuf {
+        self.prefetch_dir().join(name)
+    }
+
+    fn record(&self, name: &str) -> PathBuf {
+        self.prefetch_dir().join(format!("{name}.json"))
+    }
+
+    /// A copy in the prefetch directory, as an earlier recovery, another
+    /// cluster or a damaged disk might have left it, with a record of its
+    /// origin when one is given.
+    fn plant(&self, name: &str, data: &[u8], record: Option<String>) {
+        std::fs::create_dir_all(self.prefetch_dir()).unwrap();
+        std::fs::write(self.prefetched(name), data).unwrap();
+        match record {
+            Some(json) => std::fs::write(self.record(name), json).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(self.record(name));
+            }
+        }
+    }
+
+    /// Claims the prefetch of `name` as a running wal-fetch would, so that
+    /// no background worker is started for it.
+    fn hold_prefetch(&self, name: &str) {
+        std::fs::create_dir_all(self.prefetch_dir().join("running").join(name)).unwrap();
+    }
+
+    fn fetch(&self, prefetch: u32, name: &str) -> Output {
+        self.store.run(&[
+            "wal-fetch",
+            "--prefetch",
+            &prefetch.to_string(),
+            name,
+            self.target().to_str().unwrap(),
+        ])
+    }
+
+    fn prefetch(&self, name: &str) -> Output {
+        self.store
+            .run(&["wal-prefetch", self.pg_wal().to_str().unwrap(), name])
+    }
+
+    /// The files left in wal-fetch's staging directory.
+    fn staged(&self) -> Vec<PathBuf> {
+        match std::fs::read_dir(self.pg_wal().join(".wal-e/tmp")) {
+            Ok(entries) => entries.map(|e| e.unwrap().path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+/// A prefetch record saying `data` was decoded from `url`.
+fn record_json(url: &str, data: &[u8]) -> String {
+    let sha256: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    serde_json::json!({"url": url, "size": data.len(), "sha256": sha256}).to_string()
+}
+
+/// Sets the modification time of `path` back by `by`.
+fn age(path: &Path, by: Duration) {
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - by)
+        .unwrap();
+}
+
+#[test]
+fn a_missing_file_is_logged_at_info_not_as_an_error() {
+    let r = Restore::new();
+    let out = r.fetch(0, "0000000100000000000000AA");
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(log.contains("INFO") && log.contains("could not find WAL file"), "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
+}
