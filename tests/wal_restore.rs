@@ -126,6 +126,51 @@ fn age(path: &Path, by: Duration) {
 }
 
 #[test]
+fn staging_files_of_killed_commands_are_swept_after_an_hour() {
+    let r = Restore::new();
+    let staging = r.pg_wal().join(".wal-e/tmp");
+    let running = r.prefetch_dir().join("running");
+    let two_hours = Duration::from_secs(2 * 3600);
+    let old = [
+        staging.join("fetch.old"),
+        running.join("000000010000000000000041/tmpold"),
+        running.join("000000010000000000000042/tmprecord"),
+    ];
+    let fresh = [
+        staging.join("fetch.fresh"),
+        running.join("000000010000000000000043/tmpfresh"),
+    ];
+    for path in old.iter().chain(&fresh) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, vec![7u8; 4096]).unwrap();
+    }
+    for path in &old {
+        age(path, two_hours);
+    }
+    // A claim whose worker died before it wrote anything.
+    let abandoned = running.join("000000010000000000000044");
+    std::fs::create_dir_all(&abandoned).unwrap();
+    age(&abandoned, two_hours);
+    for dir in [&old[1], &old[2]] {
+        age(dir.parent().unwrap(), two_hours);
+    }
+
+    let out = r.fetch(0, "000000010000000000000040");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    for path in &old {
+        assert!(!path.exists(), "{} swept", path.display());
+    }
+    assert!(!abandoned.exists(), "the abandoned claim is released");
+    assert!(
+        !old[1].parent().unwrap().exists(),
+        "and so is a claim emptied by the sweep"
+    );
+    for path in &fresh {
+        assert!(path.exists(), "{} kept", path.display());
+    }
+}
+
+#[test]
 fn a_missing_file_is_logged_at_info_not_as_an_error() {
     let r = Restore::new();
     let out = r.fetch(0, "0000000100000000000000AA");

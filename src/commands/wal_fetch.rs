@@ -77,6 +77,7 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
             .exit_code(exit::RESTORE_UNAVAILABLE)
     })?;
     let dirs = PrefetchDirs::new(base);
+    sweep_stale_staging(&dirs);
 
     let segment = SegmentName::parse(name);
     let key = ctx.layout.wal_key(name);
@@ -228,7 +229,6 @@ async fn download_with_retries(
     decrypt_with: Option<Arc<DecryptionKeys>>,
 ) -> CmdResult {
     let url = ctx.layout.url(key);
-    clean_stale_staging(staging);
     make_private_dir(staging)
         .map_err(|e| fetch_failed(&url, &format!("creating {}: {e}", staging.display())))?;
     let policy = RetryPolicy::from_retries(ctx.settings.retries);
@@ -299,20 +299,36 @@ fn promote(from: &Path, to: &Path) -> io::Result<()> {
     sync_dir(parent_dir(to))
 }
 
-/// Staging files left by a killed wal-fetch; an hour is far longer than any
-/// download of one WAL file takes.
-fn clean_stale_staging(staging: &Path) {
-    let Ok(entries) = std::fs::read_dir(staging) else {
-        return;
-    };
+/// Removes what killed wal-fetch and wal-prefetch processes left behind:
+/// staging files (`.wal-e/tmp/*`, `.wal-e/prefetch/running/<seg>/tmp*`)
+/// not written to for an hour, far longer than any download of one WAL file
+/// takes, and prefetch claims (`running/<seg>`) abandoned as long ago, so
+/// that the segment can be prefetched again.
+fn sweep_stale_staging(dirs: &PrefetchDirs) {
     let cutoff = SystemTime::now() - Duration::from_secs(3600);
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
+    let is_old = |path: &Path| {
+        std::fs::symlink_metadata(path)
             .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        if old {
-            let _ = std::fs::remove_file(entry.path());
+            .is_ok_and(|t| t < cutoff)
+    };
+    let remove_old_files = |dir: &Path| {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_file()) && is_old(&path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    };
+    remove_old_files(&dirs.staging());
+    let claims = std::fs::read_dir(dirs.running_root());
+    for entry in claims.into_iter().flatten().flatten() {
+        let claim = entry.path();
+        // Judged before the sweep, which makes the directory look fresh.
+        let abandoned = is_old(&claim);
+        remove_old_files(&claim);
+        if abandoned {
+            // Only succeeds when empty: a live worker's file keeps it.
+            let _ = std::fs::remove_dir(&claim);
         }
     }
 }
