@@ -16,6 +16,7 @@
 mod control;
 mod pgpass;
 pub mod tls;
+mod wal_page;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -34,6 +35,7 @@ use crate::layout::SegmentName;
 
 pub use control::{ControlData, DbState, PG_CONTROL_FILE_SIZE, SUPPORTED_VERSIONS};
 pub use control::{parse_control_file, read_control_file};
+pub use wal_page::{LONG_PAGE_HEADER_SIZE, LongPageHeader, SUPPORTED_PAGE_MAGICS};
 
 /// Socket directories tried, in order, when `PGHOST` is not set (Debian's
 /// libpq uses the first, upstream's the second).

@@ -126,6 +126,43 @@ fn age(path: &Path, by: Duration) {
 }
 
 #[test]
+fn decoded_output_is_bounded_by_what_the_wal_file_can_be() {
+    let r = Restore::new();
+    // A 1 MiB segment by its first page, with 8 KiB more after it.
+    let name = "000000010000000000000030";
+    let mut oversized = wal_segment(name, 1 << 20, 5);
+    oversized.extend_from_slice(&[0x5A; 8192]);
+    r.archive(name, &oversized);
+    let out = r.fetch(0, name);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(126), "{log}");
+    assert!(
+        log.contains("MSG: the archived WAL file is larger than it can be"),
+        "{log}"
+    );
+    assert!(log.contains("more than 1048576 bytes"), "{log}");
+    assert!(log.contains("HINT: "), "{log}");
+    assert!(!r.target().exists());
+    assert!(r.staged().is_empty(), "{:?}", r.staged());
+
+    // A prefetch of it publishes nothing and leaves nothing behind.
+    let out = r.prefetch(name);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!r.prefetched(name).exists());
+    assert!(!r.prefetch_dir().join("running").join(name).exists());
+
+    // A timeline history file is small: 16 MiB at most.
+    let history = "00000003.history";
+    r.archive(history, &vec![b'1'; (16 << 20) + 1]);
+    let out = r.fetch(0, history);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(126), "{log}");
+    assert!(log.contains("more than 16777216 bytes"), "{log}");
+    assert!(!r.target().exists());
+    assert!(r.staged().is_empty(), "{:?}", r.staged());
+}
+
+#[test]
 fn staging_files_of_killed_commands_are_swept_after_an_hour() {
     let r = Restore::new();
     let staging = r.pg_wal().join(".wal-e/tmp");
@@ -176,6 +213,9 @@ fn a_missing_file_is_logged_at_info_not_as_an_error() {
     let out = r.fetch(0, "0000000100000000000000AA");
     let log = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{log}");
-    assert!(log.contains("INFO") && log.contains("could not find WAL file"), "{log}");
+    assert!(
+        log.contains("INFO") && log.contains("could not find WAL file"),
+        "{log}"
+    );
     assert!(!log.contains("ERROR"), "{log}");
 }

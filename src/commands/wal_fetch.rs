@@ -21,6 +21,7 @@ use crate::durable::{parent_dir, sync_dir};
 use crate::error::{CmdResult, CommandError, UserError, exit};
 use crate::layout::SegmentName;
 use crate::pipeline::{self, DecryptionKeys};
+use crate::postgres::{LONG_PAGE_HEADER_SIZE, LongPageHeader};
 use crate::storage::{RetryPolicy, StoreError, retry};
 
 /// `<WAL dir>/.wal-e/prefetch/…`, as WAL-E lays it out.
@@ -101,7 +102,7 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
         Ok(())
     } else {
         let decrypt_with = ctx.decryption_keys().await.map_err(unavailable)?;
-        download_with_retries(ctx, &key, dest, &dirs.staging(), decrypt_with).await
+        download_with_retries(ctx, name, dest, &dirs.staging(), decrypt_with).await
     };
     match &result {
         Ok(()) => log_state(
@@ -166,7 +167,7 @@ pub async fn run_prefetch(ctx: &Context, args: &WalPrefetchArgs) -> CmdResult {
             .prefix("tmp")
             .tempfile_in(&running)
             .map_err(|e| UserError::new(e.to_string()))?;
-        write_decoded(stored.stream, decrypt_with, temp.path())
+        write_decoded(stored.stream, decrypt_with, temp.path(), seg)
             .await
             .map_err(|e| UserError::new(e.to_string()))?;
         // Complete and durable: publish it under its name, atomically.
@@ -219,15 +220,17 @@ fn fetch_failed(url: &str, why: &str) -> CommandError {
         .into()
 }
 
-/// Downloads into a staging file, then renames it over `dest`. Transient
-/// store errors (and failures midway through a download) are retried.
+/// Downloads the WAL file `name` into a staging file, then renames it over
+/// `dest`. Transient store errors (and failures midway through a download)
+/// are retried.
 async fn download_with_retries(
     ctx: &Context,
-    key: &str,
+    name: &str,
     dest: &Path,
     staging: &Path,
     decrypt_with: Option<Arc<DecryptionKeys>>,
 ) -> CmdResult {
+    let key = &ctx.layout.wal_key(name);
     let url = ctx.layout.url(key);
     make_private_dir(staging)
         .map_err(|e| fetch_failed(&url, &format!("creating {}: {e}", staging.display())))?;
@@ -244,7 +247,7 @@ async fn download_with_retries(
             .prefix("fetch.")
             .tempfile_in(staging)
             .map_err(|e| StoreError::permanent("get", key, e))?;
-        match write_decoded(stored.stream, decrypt_with.clone(), temp.path()).await {
+        match write_decoded(stored.stream, decrypt_with.clone(), temp.path(), name).await {
             Ok(()) => Ok(temp),
             // A connection lost midway is worth another try.
             Err(e) => match StoreError::from_io(&e) {
@@ -271,15 +274,25 @@ async fn download_with_retries(
                 .not_found()
                 .into())
         }
-        Err(e) => Err(fetch_failed(&url, &e.to_string())),
+        Err(e) => match too_large(&e) {
+            Some(too_large) => Err(UserError::new("the archived WAL file is larger than it can be")
+                .detail(format!("{url} {too_large}."))
+                .hint("The object is damaged, or is not the WAL file it is named after. wal-fetch wrote nothing and exits with 126 so that PostgreSQL stops recovery; restore the object from another copy of the archive.")
+                .exit_code(exit::RESTORE_UNAVAILABLE)
+                .into()),
+            None => Err(fetch_failed(&url, &e.to_string())),
+        },
     }
 }
 
-/// Decrypts and decompresses `stored` into the file at `path`, and fsyncs it.
+/// Decrypts and decompresses `stored`, the WAL file `name`, into the file at
+/// `path`, and fsyncs it. Fails, having written no more than the limit, when
+/// it is larger than such a file can be ([`DecodedLimit`]).
 async fn write_decoded(
     stored: crate::ByteStream,
     decrypt_with: Option<Arc<DecryptionKeys>>,
     path: &Path,
+    name: &str,
 ) -> io::Result<()> {
     let mut plain = pipeline::decode(stored, decrypt_with.as_ref());
     let mut out = tokio::fs::OpenOptions::new()
@@ -287,11 +300,90 @@ async fn write_decoded(
         .truncate(true)
         .open(path)
         .await?;
+    let mut limit = DecodedLimit::for_file(name);
     while let Some(chunk) = plain.next().await {
-        out.write_all(&chunk?).await?;
+        let chunk = chunk?;
+        limit
+            .admit(&chunk)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        out.write_all(&chunk).await?;
     }
     out.flush().await?;
     out.sync_all().await
+}
+
+/// The most bytes a WAL file may decode to, so that a damaged or tampered
+/// object cannot fill PostgreSQL's WAL volume: a segment (or a `.partial`
+/// one) is one segment long, by the size its first page names, or by the
+/// largest size there is when it names none; other files (timeline and
+/// backup history) are small text.
+struct DecodedLimit {
+    max: u64,
+    why: &'static str,
+    /// A segment's first bytes, until its long page header is complete.
+    header: Option<Vec<u8>>,
+    seen: u64,
+}
+
+impl DecodedLimit {
+    fn for_file(name: &str) -> DecodedLimit {
+        let segment = SegmentName::parse(name.strip_suffix(".partial").unwrap_or(name));
+        match segment {
+            Some(_) => DecodedLimit {
+                max: 1 << 30,
+                why: "the largest WAL segment size",
+                header: Some(Vec::with_capacity(LONG_PAGE_HEADER_SIZE)),
+                seen: 0,
+            },
+            None => DecodedLimit {
+                max: 16 << 20,
+                why: "the most a WAL file other than a segment may have",
+                header: None,
+                seen: 0,
+            },
+        }
+    }
+
+    /// Counts the next decoded `chunk`: an error once there is too much.
+    fn admit(&mut self, chunk: &[u8]) -> Result<(), TooLarge> {
+        if let Some(header) = &mut self.header {
+            let missing = LONG_PAGE_HEADER_SIZE - header.len();
+            header.extend_from_slice(&chunk[..missing.min(chunk.len())]);
+            if header.len() == LONG_PAGE_HEADER_SIZE {
+                if let Some(page) = LongPageHeader::parse(header) {
+                    self.max = page.segment_size;
+                    self.why = "the segment size its first page names";
+                }
+                self.header = None;
+            }
+        }
+        self.seen += chunk.len() as u64;
+        if self.seen > self.max {
+            return Err(TooLarge {
+                max: self.max,
+                why: self.why,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("decodes to more than {max} bytes, {why}")]
+struct TooLarge {
+    max: u64,
+    why: &'static str,
+}
+
+/// The [`TooLarge`] a download failed with, if that is why.
+fn too_large(err: &StoreError) -> Option<&TooLarge> {
+    let StoreError::Permanent { source, .. } = err else {
+        return None;
+    };
+    source
+        .downcast_ref::<io::Error>()?
+        .get_ref()?
+        .downcast_ref::<TooLarge>()
 }
 
 fn promote(from: &Path, to: &Path) -> io::Result<()> {
@@ -510,6 +602,59 @@ mod tests {
 
     fn seg(s: &str) -> SegmentName {
         SegmentName::parse(s).unwrap()
+    }
+
+    /// Admits `total` bytes in chunks of `chunk`, the first `first` bytes
+    /// taken from `head`: how many were admitted before the limit struck.
+    fn admitted(name: &str, head: &[u8], total: u64) -> Result<(), TooLarge> {
+        let mut limit = DecodedLimit::for_file(name);
+        // The header arrives split over two chunks.
+        limit.admit(&head[..20])?;
+        limit.admit(&head[20..])?;
+        let block = vec![0u8; 1 << 20];
+        let mut left = total - head.len() as u64;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            limit.admit(&block[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_segment_decodes_to_at_most_the_size_its_first_page_names() {
+        let mut head = [0u8; LONG_PAGE_HEADER_SIZE];
+        head[0..2].copy_from_slice(&0xD110u16.to_ne_bytes());
+        head[2..4].copy_from_slice(&2u16.to_ne_bytes());
+        head[32..36].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+        let name = "000000010000000000000003";
+        assert!(admitted(name, &head, 1 << 20).is_ok());
+        let err = admitted(name, &head, (1 << 20) + 1).unwrap_err();
+        assert_eq!(err.max, 1 << 20);
+        assert!(admitted(&format!("{name}.partial"), &head, (1 << 20) + 1).is_err());
+        // Without a valid header, the largest segment size is the limit.
+        let no_header = [0u8; LONG_PAGE_HEADER_SIZE];
+        assert!(admitted(name, &no_header, 1 << 30).is_ok());
+        assert_eq!(
+            admitted(name, &no_header, (1 << 30) + 1).unwrap_err().max,
+            1 << 30
+        );
+    }
+
+    #[test]
+    fn other_wal_files_decode_to_at_most_16_mib() {
+        let head = [b'1'; LONG_PAGE_HEADER_SIZE];
+        for name in [
+            "00000002.history",
+            "000000010000000000000004.00000028.backup",
+        ] {
+            assert!(admitted(name, &head, 16 << 20).is_ok(), "{name}");
+            assert_eq!(
+                admitted(name, &head, (16 << 20) + 1).unwrap_err().max,
+                16 << 20,
+                "{name}"
+            );
+        }
     }
 
     #[test]
