@@ -126,6 +126,122 @@ fn age(path: &Path, by: Duration) {
 }
 
 #[test]
+fn stale_prefetched_copies_are_discarded_and_the_archive_is_fetched() {
+    let r = Restore::new();
+    let name = "000000010000000000000010";
+    let url = r.url(name);
+    let archived = wal_segment(name, SEG, 1);
+    r.archive(name, &archived);
+    r.hold_prefetch("000000010000000000000011");
+
+    let mut rotten = archived.clone();
+    rotten[SEG / 2] ^= 0x10;
+    let half = archived[..SEG / 2].to_vec();
+    let other_cluster = wal_segment(name, SEG, 2);
+    let other_timeline = wal_segment("000000020000000000000010", SEG, 3);
+    let other_position = wal_segment("000000010000000000000020", SEG, 4);
+    let elsewhere = "file://localhost/elsewhere/wal_005/000000010000000000000010.lzo";
+    let cases = [
+        (
+            "bit rot",
+            rotten,
+            Some(record_json(&url, &archived)),
+            "does not match the SHA-256",
+        ),
+        (
+            "truncated",
+            half.clone(),
+            Some(record_json(&url, &half)),
+            "segment size",
+        ),
+        (
+            "another timeline",
+            other_timeline.clone(),
+            Some(record_json(&url, &other_timeline)),
+            "timeline 2",
+        ),
+        (
+            "another segment",
+            other_position.clone(),
+            Some(record_json(&url, &other_position)),
+            "not at the start of",
+        ),
+        ("no record", other_cluster.clone(), None, "no record"),
+        (
+            "another prefix",
+            other_cluster.clone(),
+            Some(record_json(elsewhere, &other_cluster)),
+            elsewhere,
+        ),
+    ];
+    for (case, planted, record, why) in cases {
+        r.plant(name, &planted, record);
+        let out = r.fetch(1, name);
+        let log = stderr(&out);
+        assert_eq!(out.status.code(), Some(0), "{case}: {log}");
+        assert!(
+            std::fs::read(r.target()).unwrap() == archived,
+            "{case}: %p holds the archive's bytes"
+        );
+        assert!(
+            log.contains("WARNING") && log.contains("MSG: discarding a prefetched WAL file"),
+            "{case}: {log}"
+        );
+        assert!(log.contains(why), "{case}: the reason is logged: {log}");
+        assert!(!r.prefetched(name).exists(), "{case}: discarded");
+        assert!(!r.record(name).exists(), "{case}: record discarded");
+    }
+    assert!(r.staged().is_empty(), "{:?}", r.staged());
+}
+
+#[test]
+fn without_prefetch_the_prefetch_directory_is_ignored() {
+    let r = Restore::new();
+    let name = "000000010000000000000010";
+    let archived = wal_segment(name, SEG, 1);
+    r.archive(name, &archived);
+    let other_cluster = wal_segment(name, SEG, 2);
+    r.plant(name, &other_cluster, None);
+    let out = r.fetch(0, name);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(std::fs::read(r.target()).unwrap() == archived);
+    assert!(!log.contains("prefetched"), "{log}");
+    assert!(
+        std::fs::read(r.prefetched(name)).unwrap() == other_cluster,
+        "left alone"
+    );
+}
+
+#[test]
+fn a_fresh_prefetch_replaces_a_stale_copy_and_is_used() {
+    let r = Restore::new();
+    let name = "000000010000000000000010";
+    let archived = wal_segment(name, SEG, 1);
+    r.archive(name, &archived);
+    r.plant(name, &wal_segment(name, SEG, 2), None);
+
+    let out = r.prefetch(name);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        std::fs::read(r.prefetched(name)).unwrap() == archived,
+        "the stale copy was replaced"
+    );
+    assert!(r.record(name).is_file(), "with a record of its origin");
+    assert!(!r.prefetch_dir().join("running").join(name).exists());
+
+    // Promoted, not downloaded again: the archive no longer has it.
+    std::fs::remove_file(r.store.wal_object(name)).unwrap();
+    r.hold_prefetch("000000010000000000000011");
+    let out = r.fetch(1, name);
+    let log = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(std::fs::read(r.target()).unwrap() == archived);
+    assert!(!log.contains("WARNING"), "{log}");
+    assert!(!r.prefetched(name).exists() && !r.record(name).exists());
+}
+
+#[test]
 fn decoded_output_is_bounded_by_what_the_wal_file_can_be() {
     let r = Restore::new();
     // A 1 MiB segment by its first page, with 8 KiB more after it.

@@ -6,6 +6,10 @@
 //! there); anything else we cannot rule out exits 126, which makes PostgreSQL
 //! stop instead of promoting early on a network blip. `%p` is written through
 //! a temporary file and a rename, so it is never partial, even after a kill.
+//! A prefetched copy is used only when it provably is the archive's file
+//! ([`prefetched`]).
+
+mod prefetched;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::Context;
@@ -39,13 +44,18 @@ impl PrefetchDirs {
     fn ready(&self, seg: &str) -> PathBuf {
         self.root().join(seg)
     }
+    /// Where and what `ready(seg)` was downloaded from ([`prefetched`]).
+    fn record(&self, seg: &str) -> PathBuf {
+        self.root().join(format!("{seg}.json"))
+    }
     fn running_root(&self) -> PathBuf {
         self.root().join("running")
     }
     fn running(&self, seg: &str) -> PathBuf {
         self.running_root().join(seg)
     }
-    /// Where direct downloads are staged before the rename into `%p`.
+    /// Where direct downloads, and prefetched copies being checked, are
+    /// staged before the rename into `%p`.
     fn staging(&self) -> PathBuf {
         self.base.join(".wal-e").join("tmp")
     }
@@ -85,17 +95,10 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
     let url = ctx.layout.url(&key);
     log_state(ctx, "wal-fetch", &url, name, "begin", "begin wal restore");
 
-    // A complete prefetched copy is promoted by a rename.
-    // Another wal-fetch on the same directory may take it first: then
-    // download as if there had been none.
-    let promoted = match segment.map(|_| promote(&dirs.ready(name), dest)) {
-        Some(Ok(())) => true,
-        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(fetch_failed(
-                &url,
-                &format!("promoting the prefetched copy: {e}"),
-            ));
-        }
+    // A prefetched copy is promoted by a rename once checked. Without
+    // prefetching, the prefetch directory is not looked at.
+    let promoted = match segment {
+        Some(segment) if args.prefetch > 0 => prefetched::take(&dirs, segment, &url, dest),
         _ => false,
     };
     let result = if promoted {
@@ -167,18 +170,13 @@ pub async fn run_prefetch(ctx: &Context, args: &WalPrefetchArgs) -> CmdResult {
             .prefix("tmp")
             .tempfile_in(&running)
             .map_err(|e| UserError::new(e.to_string()))?;
-        write_decoded(stored.stream, decrypt_with, temp.path(), seg)
+        let decoded = write_decoded(stored.stream, decrypt_with, temp.path(), seg)
             .await
             .map_err(|e| UserError::new(e.to_string()))?;
-        // Complete and durable: publish it under its name, atomically.
-        // Never replace a copy another prefetch published (or wal-fetch is
-        // about to promote); an identical one is simply dropped.
-        match temp.persist_noclobber(dirs.ready(seg)) {
-            Ok(_) => {}
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(UserError::new(e.error.to_string())),
-        }
-        sync_dir(&dirs.root()).map_err(|e| UserError::new(e.to_string()))?;
+        // Complete and durable: publish it under its name, replacing
+        // whatever stale copy was there.
+        prefetched::publish(&dirs, seg, temp, &decoded, &url)
+            .map_err(|e| UserError::new(e.to_string()))?;
         Ok::<(), UserError>(())
     }
     .await;
@@ -248,7 +246,7 @@ async fn download_with_retries(
             .tempfile_in(staging)
             .map_err(|e| StoreError::permanent("get", key, e))?;
         match write_decoded(stored.stream, decrypt_with.clone(), temp.path(), name).await {
-            Ok(()) => Ok(temp),
+            Ok(_) => Ok(temp),
             // A connection lost midway is worth another try.
             Err(e) => match StoreError::from_io(&e) {
                 Some(inner) if inner.is_transient() => Err(StoreError::transient("get", key, e)),
@@ -285,6 +283,12 @@ async fn download_with_retries(
     }
 }
 
+/// What [`write_decoded`] wrote.
+struct Decoded {
+    len: u64,
+    sha256: [u8; 32],
+}
+
 /// Decrypts and decompresses `stored`, the WAL file `name`, into the file at
 /// `path`, and fsyncs it. Fails, having written no more than the limit, when
 /// it is larger than such a file can be ([`DecodedLimit`]).
@@ -293,7 +297,7 @@ async fn write_decoded(
     decrypt_with: Option<Arc<DecryptionKeys>>,
     path: &Path,
     name: &str,
-) -> io::Result<()> {
+) -> io::Result<Decoded> {
     let mut plain = pipeline::decode(stored, decrypt_with.as_ref());
     let mut out = tokio::fs::OpenOptions::new()
         .write(true)
@@ -301,15 +305,21 @@ async fn write_decoded(
         .open(path)
         .await?;
     let mut limit = DecodedLimit::for_file(name);
+    let mut sha256 = Sha256::new();
     while let Some(chunk) = plain.next().await {
         let chunk = chunk?;
         limit
             .admit(&chunk)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        sha256.update(&chunk);
         out.write_all(&chunk).await?;
     }
     out.flush().await?;
-    out.sync_all().await
+    out.sync_all().await?;
+    Ok(Decoded {
+        len: limit.seen,
+        sha256: sha256.finalize().into(),
+    })
 }
 
 /// The most bytes a WAL file may decode to, so that a damaged or tampered
@@ -386,11 +396,6 @@ fn too_large(err: &StoreError) -> Option<&TooLarge> {
         .downcast_ref::<TooLarge>()
 }
 
-fn promote(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)?;
-    sync_dir(parent_dir(to))
-}
-
 /// Removes what killed wal-fetch and wal-prefetch processes left behind:
 /// staging files (`.wal-e/tmp/*`, `.wal-e/prefetch/running/<seg>/tmp*`)
 /// not written to for an hour, far longer than any download of one WAL file
@@ -452,6 +457,8 @@ fn following_segments(current: SegmentName, segment_size: u64, count: u32) -> Ve
 fn prune_prefetched(dirs: &PrefetchDirs, current: SegmentName, upcoming: &[SegmentName]) {
     let keep: Vec<String> = upcoming.iter().map(ToString::to_string).collect();
     let stale = |name: &str| {
+        // A prefetched segment's record goes with it.
+        let name = name.strip_suffix(".json").unwrap_or(name);
         SegmentName::parse(name).is_some()
             && !keep.iter().any(|k| k == name)
             && name != current.to_string()
@@ -474,8 +481,9 @@ fn prune_prefetched(dirs: &PrefetchDirs, current: SegmentName, upcoming: &[Segme
 }
 
 /// Starts a detached `wal-prefetch` process for each upcoming segment that is
-/// neither downloaded nor being downloaded. Claiming `running/<seg>` with
-/// mkdir makes concurrent wal-fetch calls start each download only once.
+/// neither prefetched from this prefix nor being downloaded; it replaces a
+/// stale copy. Claiming `running/<seg>` with mkdir makes concurrent
+/// wal-fetch calls start each download only once.
 fn start_prefetches(ctx: &Context, dirs: &PrefetchDirs, upcoming: &[SegmentName]) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
@@ -497,7 +505,8 @@ fn start_prefetches(ctx: &Context, dirs: &PrefetchDirs, upcoming: &[SegmentName]
         if claim.is_err() {
             continue;
         }
-        if dirs.ready(&name).exists() {
+        let url = ctx.layout.url(&ctx.layout.wal_key(&name));
+        if prefetched::is_current(dirs, &name, &url) {
             let _ = std::fs::remove_dir(dirs.running(&name));
             continue;
         }
