@@ -335,3 +335,48 @@ fn a_missing_file_is_logged_at_info_not_as_an_error() {
     );
     assert!(!log.contains("ERROR"), "{log}");
 }
+
+#[test]
+fn backup_fetch_clears_prefetched_files_in_the_restored_wal_directory() {
+    let store = FileStoreEnv::new();
+    let backup = "base_000000010000000000000002_00000040";
+    // The backup: a data directory reduced to what backup-fetch checks.
+    let source = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(source.path().join("global")).unwrap();
+    std::fs::create_dir_all(source.path().join("pg_wal/archive_status")).unwrap();
+    std::fs::write(source.path().join("PG_VERSION"), b"15\n").unwrap();
+    std::fs::write(source.path().join("global/pg_control"), vec![0u8; 8192]).unwrap();
+    let tar = Command::new("tar")
+        .args(["-C", source.path().to_str().unwrap(), "-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    store_fixture::write(
+        &store.root(),
+        &format!("basebackups_005/{backup}/tar_partitions/part_00000000.tar.lzo"),
+        &lzop_compress(&tar.stdout),
+    );
+    store_fixture::write(
+        &store.root(),
+        &format!("basebackups_005/{backup}_backup_stop_sentinel.json"),
+        &store_fixture::sentinel_json("000000010000000000000002", "00000300", 8200),
+    );
+
+    // The target's pg_wal is a link to a reused WAL volume that still holds
+    // an earlier recovery's prefetched segments.
+    let scratch = tempfile::tempdir().unwrap();
+    let volume = scratch.path().join("wal-volume");
+    let prefetch = volume.join(".wal-e/prefetch");
+    std::fs::create_dir_all(prefetch.join("running/000000010000000000000004")).unwrap();
+    std::fs::write(prefetch.join("000000010000000000000003"), b"stale").unwrap();
+    std::fs::write(prefetch.join("000000010000000000000003.json"), b"{}").unwrap();
+    let target = scratch.path().join("restored");
+    std::fs::create_dir_all(&target).unwrap();
+    std::os::unix::fs::symlink(&volume, target.join("pg_wal")).unwrap();
+
+    let out = store.run(&["backup-fetch", target.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(target.join("global/pg_control").is_file());
+    assert!(!prefetch.exists(), "{} cleared", prefetch.display());
+    assert!(volume.join("archive_status").is_dir(), "the volume is kept");
+}
