@@ -613,8 +613,8 @@ mod tests {
         SegmentName::parse(s).unwrap()
     }
 
-    /// Admits `total` bytes in chunks of `chunk`, the first `first` bytes
-    /// taken from `head`: how many were admitted before the limit struck.
+    /// Feeds a decoded `name` of `total` bytes, starting with `head`, to its
+    /// limit in 1 MiB chunks.
     fn admitted(name: &str, head: &[u8], total: u64) -> Result<(), TooLarge> {
         let mut limit = DecodedLimit::for_file(name);
         // The header arrives split over two chunks.
