@@ -133,8 +133,15 @@ fn print_stdout(text: &str) -> u8 {
 }
 
 /// Logs a command's failure as WAL-E's `main()` does and picks the exit code.
+///
+/// An authoritative "no such file" is an answer, not a failure: a standby
+/// asks for the next WAL file every few seconds. The command logged it at
+/// INFO where it knew the details, as WAL-E did; nothing is added here.
 fn report(err: &CommandError) -> u8 {
     match err {
+        CommandError::User(UserError {
+            not_found: true, ..
+        }) => {}
         CommandError::User(UserError {
             msg, detail, hint, ..
         }) => {

@@ -16,6 +16,7 @@
 mod control;
 mod pgpass;
 pub mod tls;
+mod wal_page;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -34,6 +35,7 @@ use crate::layout::SegmentName;
 
 pub use control::{ControlData, DbState, PG_CONTROL_FILE_SIZE, SUPPORTED_VERSIONS};
 pub use control::{parse_control_file, read_control_file};
+pub use wal_page::{LONG_PAGE_HEADER_SIZE, LongPageHeader, SUPPORTED_PAGE_MAGICS};
 
 /// Socket directories tried, in order, when `PGHOST` is not set (Debian's
 /// libpq uses the first, upstream's the second).
@@ -127,6 +129,21 @@ pub fn segment_of(lsn: Lsn, timeline: u32, segment_size: u64) -> (SegmentName, u
         seg: (segno % per_xlogid) as u32,
     };
     (name, lsn.0 % segment_size)
+}
+
+/// Where segment `name` starts (`XLogSegNoOffsetToRecPtr`), or `None` when
+/// its segment number does not exist at this segment size.
+///
+/// # Panics
+/// If `segment_size` is not a valid WAL segment size.
+pub fn segment_start(name: SegmentName, segment_size: u64) -> Option<Lsn> {
+    assert!(
+        is_valid_segment_size(segment_size),
+        "invalid WAL segment size {segment_size}"
+    );
+    let per_xlogid = 0x1_0000_0000 / segment_size;
+    (u64::from(name.seg) < per_xlogid)
+        .then(|| Lsn((u64::from(name.log) << 32) + u64::from(name.seg) * segment_size))
 }
 
 /// The label WAL-E gives its backups: `freeze_start_` and the UTC time in
@@ -1153,6 +1170,25 @@ mod tests {
         assert_eq!(
             segment_of(Lsn(0x0000_0007_C000_0010), 3, 1 << 30),
             (seg("000000030000000700000003"), 16)
+        );
+    }
+
+    #[test]
+    fn segment_start_inverts_segment_of() {
+        for (lsn, size) in [
+            (0x0000_0001_FF00_0000, 16 << 20),
+            (0x0000_0005_FC00_0000, 64 << 20),
+            (0x0000_0002_ABC0_0000, 1 << 20),
+            (0x0000_0007_C000_0000, 1 << 30),
+        ] {
+            let (name, offset) = segment_of(Lsn(lsn), 7, size);
+            assert_eq!(offset, 0);
+            assert_eq!(segment_start(name, size), Some(Lsn(lsn)), "{name}");
+        }
+        // 64 MiB segments end at 3F in each xlogid.
+        assert_eq!(
+            segment_start(seg("000000010000000000000040"), 64 << 20),
+            None
         );
     }
 

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::cli::{FileStoreEnv, WalDir, fake_segment, lzop_decompress, stderr};
+use common::cli::{FileStoreEnv, WalDir, fake_segment, lzop_decompress, stderr, wal_segment};
 
 const SEG: usize = 16 * 1024 * 1024;
 
@@ -465,14 +465,21 @@ fn prefetch_downloads_following_segments_in_the_background() {
     let names: Vec<String> = (0xF0..0xF4)
         .map(|i| format!("0000000100000000000000{i:02X}"))
         .collect();
-    let datas: Vec<Vec<u8>> = (0..4).map(|i| fake_segment(SEG, 20 + i)).collect();
+    let datas: Vec<Vec<u8>> = names
+        .iter()
+        .zip(20..)
+        .map(|(name, seed)| wal_segment(name, SEG, seed))
+        .collect();
     for (name, data) in names.iter().zip(&datas) {
         let p = wal.add(name, data, false);
         assert_eq!(push(&store, &p).status.code(), Some(0));
     }
     let restore = tempfile::tempdir().unwrap();
     let pg_wal = restore.path().join("pg_wal");
-    std::fs::create_dir_all(&pg_wal).unwrap();
+    let prefetch = pg_wal.join(".wal-e/prefetch");
+    // A copy left by an earlier recovery, without a record: replaced.
+    std::fs::create_dir_all(&prefetch).unwrap();
+    std::fs::write(prefetch.join(&names[2]), wal_segment(&names[2], SEG, 99)).unwrap();
     let target = pg_wal.join("RECOVERYXLOG");
     let out = store.run(&[
         "wal-fetch",
@@ -484,37 +491,46 @@ fn prefetch_downloads_following_segments_in_the_background() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::read(&target).unwrap(), datas[0]);
 
-    // The next two segments appear, complete, in .wal-e/prefetch.
-    let prefetched: Vec<PathBuf> = names[1..3]
+    // The next two segments appear, complete, in .wal-e/prefetch, each
+    // with its record, published after it.
+    let prefetched: Vec<PathBuf> = names[1..3].iter().map(|n| prefetch.join(n)).collect();
+    let records: Vec<PathBuf> = names[1..3]
         .iter()
-        .map(|n| pg_wal.join(".wal-e/prefetch").join(n))
+        .map(|n| prefetch.join(format!("{n}.json")))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !prefetched.iter().all(|p| p.exists()) {
+    while !records.iter().all(|p| p.exists()) {
         assert!(Instant::now() < deadline, "prefetch did not finish");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        std::fs::read(&prefetched[0]).unwrap(),
-        datas[1],
+    assert!(
+        std::fs::read(&prefetched[0]).unwrap() == datas[1],
         "a prefetched file is complete"
     );
     assert!(
-        !pg_wal.join(".wal-e/prefetch").join(&names[3]).exists(),
+        std::fs::read(&prefetched[1]).unwrap() == datas[2],
+        "the stale copy was replaced"
+    );
+    assert!(
+        !prefetch.join(&names[3]).exists(),
         "only --prefetch segments ahead"
     );
 
-    // The next wal-fetch promotes it by rename.
+    // The next wal-fetch promotes it by rename: the archive's copy is not
+    // needed.
+    std::fs::remove_file(store.wal_object(&names[1])).unwrap();
     let out = store.run(&[
         "wal-fetch",
         "--prefetch",
-        "0",
+        "1",
         &names[1],
         target.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(std::fs::read(&target).unwrap(), datas[1]);
+    assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+    assert!(std::fs::read(&target).unwrap() == datas[1]);
     assert!(!prefetched[0].exists(), "promoted, not copied");
+    assert!(!records[0].exists(), "its record is gone with it");
 
     // A prefetch of a missing segment leaves nothing behind.
     let missing = "000000010000000000000100";

@@ -124,6 +124,7 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
     }
     progress.finish();
     reconcile_tablespace_map(&target)?;
+    clear_prefetched_wal(&target)?;
     tracing::info!(
         detail = %format!("Backup {backup} was restored into {}.", target.display()),
         hint = "Set restore_command and create recovery.signal (recovery.conf before PostgreSQL 12) before starting the server.",
@@ -319,6 +320,28 @@ async fn fetch_partition(
         .map_err(|e| {
             UserError::new("could not restore a base backup volume").detail(format!("{url}: {e}"))
         })?;
+    Ok(())
+}
+
+/// Segments prefetched into the restored WAL directory (`pg_wal`, `pg_xlog`
+/// before PostgreSQL 10, a link to a reused WAL volume followed) belong to
+/// an earlier recovery, not to this one: they go, with what wal-prefetch
+/// had in progress.
+fn clear_prefetched_wal(target: &Path) -> Result<(), UserError> {
+    for wal_dir in ["pg_wal", "pg_xlog"] {
+        let wal_e = target.join(wal_dir).join(".wal-e");
+        let prefetch = wal_e.join("prefetch");
+        match std::fs::remove_dir_all(&prefetch) {
+            Ok(()) => sync_dir(&wal_e),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+        .map_err(|e| {
+            UserError::new("could not clear prefetched WAL files")
+                .detail(format!("{}: {e}", prefetch.display()))
+                .hint("Remove that directory before starting the server.")
+        })?;
+    }
     Ok(())
 }
 

@@ -6,6 +6,10 @@
 //! there); anything else we cannot rule out exits 126, which makes PostgreSQL
 //! stop instead of promoting early on a network blip. `%p` is written through
 //! a temporary file and a rename, so it is never partial, even after a kill.
+//! A prefetched copy is used only when it provably is the archive's file
+//! ([`prefetched`]).
+
+mod prefetched;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::Context;
@@ -21,6 +26,7 @@ use crate::durable::{parent_dir, sync_dir};
 use crate::error::{CmdResult, CommandError, UserError, exit};
 use crate::layout::SegmentName;
 use crate::pipeline::{self, DecryptionKeys};
+use crate::postgres::{LONG_PAGE_HEADER_SIZE, LongPageHeader};
 use crate::storage::{RetryPolicy, StoreError, retry};
 
 /// `<WAL dir>/.wal-e/prefetch/…`, as WAL-E lays it out.
@@ -38,13 +44,18 @@ impl PrefetchDirs {
     fn ready(&self, seg: &str) -> PathBuf {
         self.root().join(seg)
     }
+    /// Where and what `ready(seg)` was downloaded from ([`prefetched`]).
+    fn record(&self, seg: &str) -> PathBuf {
+        self.root().join(format!("{seg}.json"))
+    }
     fn running_root(&self) -> PathBuf {
         self.root().join("running")
     }
     fn running(&self, seg: &str) -> PathBuf {
         self.running_root().join(seg)
     }
-    /// Where direct downloads are staged before the rename into `%p`.
+    /// Where direct downloads, and prefetched copies being checked, are
+    /// staged before the rename into `%p`.
     fn staging(&self) -> PathBuf {
         self.base.join(".wal-e").join("tmp")
     }
@@ -77,30 +88,24 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
             .exit_code(exit::RESTORE_UNAVAILABLE)
     })?;
     let dirs = PrefetchDirs::new(base);
+    sweep_stale_staging(&dirs);
 
     let segment = SegmentName::parse(name);
     let key = ctx.layout.wal_key(name);
     let url = ctx.layout.url(&key);
     log_state(ctx, "wal-fetch", &url, name, "begin", "begin wal restore");
 
-    // A complete prefetched copy is promoted by a rename.
-    // Another wal-fetch on the same directory may take it first: then
-    // download as if there had been none.
-    let promoted = match segment.map(|_| promote(&dirs.ready(name), dest)) {
-        Some(Ok(())) => true,
-        Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(fetch_failed(
-                &url,
-                &format!("promoting the prefetched copy: {e}"),
-            ));
-        }
+    // A prefetched copy is promoted by a rename once checked. Without
+    // prefetching, the prefetch directory is not looked at.
+    let promoted = match segment {
+        Some(segment) if args.prefetch > 0 => prefetched::take(&dirs, segment, &url, dest),
         _ => false,
     };
     let result = if promoted {
         Ok(())
     } else {
         let decrypt_with = ctx.decryption_keys().await.map_err(unavailable)?;
-        download_with_retries(ctx, &key, dest, &dirs.staging(), decrypt_with).await
+        download_with_retries(ctx, name, dest, &dirs.staging(), decrypt_with).await
     };
     match &result {
         Ok(()) => log_state(
@@ -111,11 +116,11 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
             "complete",
             "complete wal restore",
         ),
-        Err(e) if e.is_not_found() => {
+        Err(CommandError::User(e)) if e.not_found => {
             tracing::info!(
-                detail = %format!("{url} does not exist."), action = "wal-fetch", key = %url,
-                prefix = %ctx.settings.prefix.path, seg = %name, state = "missing",
-                "could not find WAL file"
+                detail = e.detail.as_deref(), hint = e.hint.as_deref(), action = "wal-fetch",
+                key = %url, prefix = %ctx.settings.prefix.path, seg = %name, state = "missing",
+                "{}", e.msg
             );
         }
         Err(_) => {}
@@ -165,18 +170,13 @@ pub async fn run_prefetch(ctx: &Context, args: &WalPrefetchArgs) -> CmdResult {
             .prefix("tmp")
             .tempfile_in(&running)
             .map_err(|e| UserError::new(e.to_string()))?;
-        write_decoded(stored.stream, decrypt_with, temp.path())
+        let decoded = write_decoded(stored.stream, decrypt_with, temp.path(), seg)
             .await
             .map_err(|e| UserError::new(e.to_string()))?;
-        // Complete and durable: publish it under its name, atomically.
-        // Never replace a copy another prefetch published (or wal-fetch is
-        // about to promote); an identical one is simply dropped.
-        match temp.persist_noclobber(dirs.ready(seg)) {
-            Ok(_) => {}
-            Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(UserError::new(e.error.to_string())),
-        }
-        sync_dir(&dirs.root()).map_err(|e| UserError::new(e.to_string()))?;
+        // Complete and durable: publish it under its name, replacing
+        // whatever stale copy was there.
+        prefetched::publish(&dirs, seg, temp, &decoded, &url)
+            .map_err(|e| UserError::new(e.to_string()))?;
         Ok::<(), UserError>(())
     }
     .await;
@@ -218,17 +218,18 @@ fn fetch_failed(url: &str, why: &str) -> CommandError {
         .into()
 }
 
-/// Downloads into a staging file, then renames it over `dest`. Transient
-/// store errors (and failures midway through a download) are retried.
+/// Downloads the WAL file `name` into a staging file, then renames it over
+/// `dest`. Transient store errors (and failures midway through a download)
+/// are retried.
 async fn download_with_retries(
     ctx: &Context,
-    key: &str,
+    name: &str,
     dest: &Path,
     staging: &Path,
     decrypt_with: Option<Arc<DecryptionKeys>>,
 ) -> CmdResult {
+    let key = &ctx.layout.wal_key(name);
     let url = ctx.layout.url(key);
-    clean_stale_staging(staging);
     make_private_dir(staging)
         .map_err(|e| fetch_failed(&url, &format!("creating {}: {e}", staging.display())))?;
     let policy = RetryPolicy::from_retries(ctx.settings.retries);
@@ -244,8 +245,8 @@ async fn download_with_retries(
             .prefix("fetch.")
             .tempfile_in(staging)
             .map_err(|e| StoreError::permanent("get", key, e))?;
-        match write_decoded(stored.stream, decrypt_with.clone(), temp.path()).await {
-            Ok(()) => Ok(temp),
+        match write_decoded(stored.stream, decrypt_with.clone(), temp.path(), name).await {
+            Ok(_) => Ok(temp),
             // A connection lost midway is worth another try.
             Err(e) => match StoreError::from_io(&e) {
                 Some(inner) if inner.is_transient() => Err(StoreError::transient("get", key, e)),
@@ -265,53 +266,166 @@ async fn download_with_retries(
             Ok(())
         }
         Err(StoreError::NotFound { .. }) => {
-            Err(UserError::new("WAL file not found in the archive")
+            Err(UserError::new("could not find WAL file")
                 .detail(format!("{url} does not exist."))
+                .hint("This is normal when PostgreSQL looks for timeline history files or reaches the end of the archive.")
                 .not_found()
                 .into())
         }
-        Err(e) => Err(fetch_failed(&url, &e.to_string())),
+        Err(e) => match too_large(&e) {
+            Some(too_large) => Err(UserError::new("the archived WAL file is larger than it can be")
+                .detail(format!("{url} {too_large}."))
+                .hint("The object is damaged, or is not the WAL file it is named after. wal-fetch wrote nothing and exits with 126 so that PostgreSQL stops recovery; restore the object from another copy of the archive.")
+                .exit_code(exit::RESTORE_UNAVAILABLE)
+                .into()),
+            None => Err(fetch_failed(&url, &e.to_string())),
+        },
     }
 }
 
-/// Decrypts and decompresses `stored` into the file at `path`, and fsyncs it.
+/// What [`write_decoded`] wrote.
+struct Decoded {
+    len: u64,
+    sha256: [u8; 32],
+}
+
+/// Decrypts and decompresses `stored`, the WAL file `name`, into the file at
+/// `path`, and fsyncs it. Fails, having written no more than the limit, when
+/// it is larger than such a file can be ([`DecodedLimit`]).
 async fn write_decoded(
     stored: crate::ByteStream,
     decrypt_with: Option<Arc<DecryptionKeys>>,
     path: &Path,
-) -> io::Result<()> {
+    name: &str,
+) -> io::Result<Decoded> {
     let mut plain = pipeline::decode(stored, decrypt_with.as_ref());
     let mut out = tokio::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(path)
         .await?;
+    let mut limit = DecodedLimit::for_file(name);
+    let mut sha256 = Sha256::new();
     while let Some(chunk) = plain.next().await {
-        out.write_all(&chunk?).await?;
+        let chunk = chunk?;
+        limit
+            .admit(&chunk)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        sha256.update(&chunk);
+        out.write_all(&chunk).await?;
     }
     out.flush().await?;
-    out.sync_all().await
+    out.sync_all().await?;
+    Ok(Decoded {
+        len: limit.seen,
+        sha256: sha256.finalize().into(),
+    })
 }
 
-fn promote(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::rename(from, to)?;
-    sync_dir(parent_dir(to))
+/// The most bytes a WAL file may decode to, so that a damaged or tampered
+/// object cannot fill PostgreSQL's WAL volume: a segment (or a `.partial`
+/// one) is one segment long, by the size its first page names, or by the
+/// largest size there is when it names none; other files (timeline and
+/// backup history) are small text.
+struct DecodedLimit {
+    max: u64,
+    why: &'static str,
+    /// A segment's first bytes, until its long page header is complete.
+    header: Option<Vec<u8>>,
+    seen: u64,
 }
 
-/// Staging files left by a killed wal-fetch; an hour is far longer than any
-/// download of one WAL file takes.
-fn clean_stale_staging(staging: &Path) {
-    let Ok(entries) = std::fs::read_dir(staging) else {
-        return;
+impl DecodedLimit {
+    fn for_file(name: &str) -> DecodedLimit {
+        let segment = SegmentName::parse(name.strip_suffix(".partial").unwrap_or(name));
+        match segment {
+            Some(_) => DecodedLimit {
+                max: 1 << 30,
+                why: "the largest WAL segment size",
+                header: Some(Vec::with_capacity(LONG_PAGE_HEADER_SIZE)),
+                seen: 0,
+            },
+            None => DecodedLimit {
+                max: 16 << 20,
+                why: "the most a WAL file other than a segment may have",
+                header: None,
+                seen: 0,
+            },
+        }
+    }
+
+    /// Counts the next decoded `chunk`: an error once there is too much.
+    fn admit(&mut self, chunk: &[u8]) -> Result<(), TooLarge> {
+        if let Some(header) = &mut self.header {
+            let missing = LONG_PAGE_HEADER_SIZE - header.len();
+            header.extend_from_slice(&chunk[..missing.min(chunk.len())]);
+            if header.len() == LONG_PAGE_HEADER_SIZE {
+                if let Some(page) = LongPageHeader::parse(header) {
+                    self.max = page.segment_size;
+                    self.why = "the segment size its first page names";
+                }
+                self.header = None;
+            }
+        }
+        self.seen += chunk.len() as u64;
+        if self.seen > self.max {
+            return Err(TooLarge {
+                max: self.max,
+                why: self.why,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("decodes to more than {max} bytes, {why}")]
+struct TooLarge {
+    max: u64,
+    why: &'static str,
+}
+
+/// The [`TooLarge`] a download failed with, if that is why.
+fn too_large(err: &StoreError) -> Option<&TooLarge> {
+    let StoreError::Permanent { source, .. } = err else {
+        return None;
     };
+    source
+        .downcast_ref::<io::Error>()?
+        .get_ref()?
+        .downcast_ref::<TooLarge>()
+}
+
+/// Removes what killed wal-fetch and wal-prefetch processes left behind:
+/// staging files (`.wal-e/tmp/*`, `.wal-e/prefetch/running/<seg>/tmp*`)
+/// not written to for an hour, far longer than any download of one WAL file
+/// takes, and prefetch claims (`running/<seg>`) abandoned as long ago, so
+/// that the segment can be prefetched again.
+fn sweep_stale_staging(dirs: &PrefetchDirs) {
     let cutoff = SystemTime::now() - Duration::from_secs(3600);
-    for entry in entries.flatten() {
-        let old = entry
-            .metadata()
+    let is_old = |path: &Path| {
+        std::fs::symlink_metadata(path)
             .and_then(|m| m.modified())
-            .is_ok_and(|t| t < cutoff);
-        if old {
-            let _ = std::fs::remove_file(entry.path());
+            .is_ok_and(|t| t < cutoff)
+    };
+    let remove_old_files = |dir: &Path| {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_file()) && is_old(&path) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    };
+    remove_old_files(&dirs.staging());
+    let claims = std::fs::read_dir(dirs.running_root());
+    for entry in claims.into_iter().flatten().flatten() {
+        let claim = entry.path();
+        // Judged before the sweep, which makes the directory look fresh.
+        let abandoned = is_old(&claim);
+        remove_old_files(&claim);
+        if abandoned {
+            // Only succeeds when empty: a live worker's file keeps it.
+            let _ = std::fs::remove_dir(&claim);
         }
     }
 }
@@ -343,6 +457,8 @@ fn following_segments(current: SegmentName, segment_size: u64, count: u32) -> Ve
 fn prune_prefetched(dirs: &PrefetchDirs, current: SegmentName, upcoming: &[SegmentName]) {
     let keep: Vec<String> = upcoming.iter().map(ToString::to_string).collect();
     let stale = |name: &str| {
+        // A prefetched segment's record goes with it.
+        let name = name.strip_suffix(".json").unwrap_or(name);
         SegmentName::parse(name).is_some()
             && !keep.iter().any(|k| k == name)
             && name != current.to_string()
@@ -365,8 +481,9 @@ fn prune_prefetched(dirs: &PrefetchDirs, current: SegmentName, upcoming: &[Segme
 }
 
 /// Starts a detached `wal-prefetch` process for each upcoming segment that is
-/// neither downloaded nor being downloaded. Claiming `running/<seg>` with
-/// mkdir makes concurrent wal-fetch calls start each download only once.
+/// neither prefetched from this prefix nor being downloaded; it replaces a
+/// stale copy. Claiming `running/<seg>` with mkdir makes concurrent
+/// wal-fetch calls start each download only once.
 fn start_prefetches(ctx: &Context, dirs: &PrefetchDirs, upcoming: &[SegmentName]) {
     use std::os::unix::process::CommandExt;
     let Ok(exe) = std::env::current_exe() else {
@@ -388,7 +505,8 @@ fn start_prefetches(ctx: &Context, dirs: &PrefetchDirs, upcoming: &[SegmentName]
         if claim.is_err() {
             continue;
         }
-        if dirs.ready(&name).exists() {
+        let url = ctx.layout.url(&ctx.layout.wal_key(&name));
+        if prefetched::is_current(dirs, &name, &url) {
             let _ = std::fs::remove_dir(dirs.running(&name));
             continue;
         }
@@ -493,6 +611,59 @@ mod tests {
 
     fn seg(s: &str) -> SegmentName {
         SegmentName::parse(s).unwrap()
+    }
+
+    /// Feeds a decoded `name` of `total` bytes, starting with `head`, to its
+    /// limit in 1 MiB chunks.
+    fn admitted(name: &str, head: &[u8], total: u64) -> Result<(), TooLarge> {
+        let mut limit = DecodedLimit::for_file(name);
+        // The header arrives split over two chunks.
+        limit.admit(&head[..20])?;
+        limit.admit(&head[20..])?;
+        let block = vec![0u8; 1 << 20];
+        let mut left = total - head.len() as u64;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            limit.admit(&block[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_segment_decodes_to_at_most_the_size_its_first_page_names() {
+        let mut head = [0u8; LONG_PAGE_HEADER_SIZE];
+        head[0..2].copy_from_slice(&0xD110u16.to_ne_bytes());
+        head[2..4].copy_from_slice(&2u16.to_ne_bytes());
+        head[32..36].copy_from_slice(&(1u32 << 20).to_ne_bytes());
+        let name = "000000010000000000000003";
+        assert!(admitted(name, &head, 1 << 20).is_ok());
+        let err = admitted(name, &head, (1 << 20) + 1).unwrap_err();
+        assert_eq!(err.max, 1 << 20);
+        assert!(admitted(&format!("{name}.partial"), &head, (1 << 20) + 1).is_err());
+        // Without a valid header, the largest segment size is the limit.
+        let no_header = [0u8; LONG_PAGE_HEADER_SIZE];
+        assert!(admitted(name, &no_header, 1 << 30).is_ok());
+        assert_eq!(
+            admitted(name, &no_header, (1 << 30) + 1).unwrap_err().max,
+            1 << 30
+        );
+    }
+
+    #[test]
+    fn other_wal_files_decode_to_at_most_16_mib() {
+        let head = [b'1'; LONG_PAGE_HEADER_SIZE];
+        for name in [
+            "00000002.history",
+            "000000010000000000000004.00000028.backup",
+        ] {
+            assert!(admitted(name, &head, 16 << 20).is_ok(), "{name}");
+            assert_eq!(
+                admitted(name, &head, (16 << 20) + 1).unwrap_err().max,
+                16 << 20,
+                "{name}"
+            );
+        }
     }
 
     #[test]

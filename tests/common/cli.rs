@@ -185,3 +185,41 @@ impl WalDir {
         self.tmp.path().join(name)
     }
 }
+
+/// Something shaped like the WAL segment `name` of `len` bytes (a valid
+/// segment size): [`fake_segment`] under the long page header PostgreSQL 15
+/// writes at the start of every segment (`XLogLongPageHeaderData`).
+pub fn wal_segment(name: &str, len: usize, seed: u64) -> Vec<u8> {
+    let hex = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).unwrap();
+    let (timeline, log, seg) = (hex(0..8) as u32, hex(8..16), hex(16..24));
+    let start_lsn = (log << 32) + seg * len as u64;
+    let mut out = fake_segment(len, seed);
+    out[0..2].copy_from_slice(&0xD110u16.to_ne_bytes()); // XLOG_PAGE_MAGIC of 15
+    out[2..4].copy_from_slice(&2u16.to_ne_bytes()); // XLP_LONG_HEADER
+    out[4..8].copy_from_slice(&timeline.to_ne_bytes());
+    out[8..16].copy_from_slice(&start_lsn.to_ne_bytes());
+    out[16..24].fill(0); // xlp_rem_len, padding
+    out[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_ne_bytes()); // system id
+    out[32..36].copy_from_slice(&(len as u32).to_ne_bytes());
+    out[36..40].copy_from_slice(&8192u32.to_ne_bytes()); // XLOG_BLCKSZ
+    out
+}
+
+/// Compresses with the real `lzop` program.
+pub fn lzop_compress(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new("lzop")
+        .arg("-c")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run lzop");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "lzop -c failed");
+    out.stdout
+}
