@@ -89,20 +89,6 @@ pub fn is_valid_segment_size(size: u64) -> bool {
     size.is_power_of_two() && (1 << 20..=1 << 30).contains(&size)
 }
 
-/// Bytes of the long header that starts every WAL segment
-/// (`XLogLongPageHeaderData`: the short header, then the system identifier,
-/// the segment size and the block size).
-pub const LONG_PAGE_HEADER_SIZE: usize = 40;
-
-/// The segment size recorded in the long header of a WAL segment's first
-/// page, if `page` starts with one (`XLP_LONG_HEADER` set and a valid size).
-pub fn segment_size_of_first_page(page: &[u8]) -> Option<u64> {
-    const XLP_LONG_HEADER: u16 = 0x0002;
-    let info = u16::from_ne_bytes(page.get(2..4)?.try_into().ok()?);
-    let size = u64::from(u32::from_ne_bytes(page.get(32..36)?.try_into().ok()?));
-    (info & XLP_LONG_HEADER != 0 && is_valid_segment_size(size)).then_some(size)
-}
-
 /// The WAL segment holding `lsn` on `timeline`, and the byte offset of `lsn`
 /// inside it (`XLByteToSeg` + `XLogFileName`, `XLogSegmentOffset`).
 ///

@@ -419,7 +419,8 @@ impl Lineage {
             postgres::LONG_PAGE_HEADER_SIZE,
         )
         .await?;
-        let segment_size = postgres::segment_size_of_first_page(&page)
+        let segment_size = postgres::LongPageHeader::parse(&page)
+            .map(|h| h.segment_size)
             .ok_or_else(|| cannot(url, "it does not start with a WAL page header".into()))?;
         Ok(Lineage {
             timelines,
