@@ -344,7 +344,7 @@ mod tests {
 
     use super::*;
     use crate::config::StoragePrefix;
-    use crate::storage::{GetResult, ObjectMeta, PutOptions, PutPayload, StoreError};
+    use crate::storage::{GetOptions, GetResult, ObjectMeta, PutOptions, PutPayload, StoreError};
 
     fn entry(key: &str, object: StoreObject) -> Entry {
         Entry {
@@ -352,6 +352,7 @@ mod tests {
                 key: key.to_string(),
                 size: 0,
                 last_modified: Utc::now(),
+                version: None,
             },
             object,
         }
@@ -472,7 +473,7 @@ mod tests {
         async fn put(&self, key: &str, _: PutPayload, _: &PutOptions) -> Result<(), StoreError> {
             Err(StoreError::permanent("put", key, "read-only"))
         }
-        async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        async fn get_opts(&self, key: &str, _: &GetOptions) -> Result<GetResult, StoreError> {
             Err(StoreError::NotFound { key: key.into() })
         }
         async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

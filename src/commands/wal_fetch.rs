@@ -21,7 +21,7 @@ use crate::durable::{parent_dir, sync_dir};
 use crate::error::{CmdResult, CommandError, UserError, exit};
 use crate::layout::SegmentName;
 use crate::pipeline::{self, DecryptionKeys};
-use crate::storage::{RetryPolicy, StoreError, retry};
+use crate::storage::StoreError;
 
 /// `<WAL dir>/.wal-e/prefetch/…`, as WAL-E lays it out.
 struct PrefetchDirs {
@@ -100,7 +100,7 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
         Ok(())
     } else {
         let decrypt_with = ctx.decryption_keys().await.map_err(unavailable)?;
-        download_with_retries(ctx, &key, dest, &dirs.staging(), decrypt_with).await
+        download(ctx, &key, dest, &dirs.staging(), decrypt_with).await
     };
     match &result {
         Ok(()) => log_state(
@@ -218,9 +218,10 @@ fn fetch_failed(url: &str, why: &str) -> CommandError {
         .into()
 }
 
-/// Downloads into a staging file, then renames it over `dest`. Transient
-/// store errors (and failures midway through a download) are retried.
-async fn download_with_retries(
+/// Downloads into a staging file, then renames it over `dest`. The store
+/// retries (a body that breaks off resumes where it stopped): a failure
+/// here is final.
+async fn download(
     ctx: &Context,
     key: &str,
     dest: &Path,
@@ -231,47 +232,30 @@ async fn download_with_retries(
     clean_stale_staging(staging);
     make_private_dir(staging)
         .map_err(|e| fetch_failed(&url, &format!("creating {}: {e}", staging.display())))?;
-    let policy = RetryPolicy::from_retries(ctx.settings.retries);
-    let attempt = || async {
-        // The store already retried the request itself (`WALE_RETRIES`):
-        // retrying that again here would square the budget. Only a download
-        // that fails midway, which the store cannot retry, is tried again.
-        let stored = ctx.store.get(key).await.map_err(|e| match e {
-            e if e.is_transient() => StoreError::permanent("get", key, e),
-            e => e,
-        })?;
-        let temp = tempfile::Builder::new()
-            .prefix("fetch.")
-            .tempfile_in(staging)
-            .map_err(|e| StoreError::permanent("get", key, e))?;
-        match write_decoded(stored.stream, decrypt_with.clone(), temp.path()).await {
-            Ok(()) => Ok(temp),
-            // A connection lost midway is worth another try.
-            Err(e) => match StoreError::from_io(&e) {
-                Some(inner) if inner.is_transient() => Err(StoreError::transient("get", key, e)),
-                _ => Err(StoreError::permanent("get", key, e)),
-            },
-        }
-    };
-    match retry(&policy, &format!("fetching {url}"), attempt).await {
-        Ok(temp) => {
-            temp.persist(dest).map_err(|e| {
-                fetch_failed(
-                    &url,
-                    &format!("renaming into {}: {}", dest.display(), e.error),
-                )
-            })?;
-            sync_dir(parent_dir(dest)).map_err(|e| fetch_failed(&url, &e.to_string()))?;
-            Ok(())
-        }
+    let stored = match ctx.store.get(key).await {
+        Ok(stored) => stored,
         Err(StoreError::NotFound { .. }) => {
-            Err(UserError::new("WAL file not found in the archive")
+            return Err(UserError::new("WAL file not found in the archive")
                 .detail(format!("{url} does not exist."))
                 .not_found()
-                .into())
+                .into());
         }
-        Err(e) => Err(fetch_failed(&url, &e.to_string())),
-    }
+        Err(e) => return Err(fetch_failed(&url, &e.to_string())),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("fetch.")
+        .tempfile_in(staging)
+        .map_err(|e| fetch_failed(&url, &format!("creating a file in {}: {e}", staging.display())))?;
+    write_decoded(stored.stream, decrypt_with, temp.path())
+        .await
+        .map_err(|e| fetch_failed(&url, &e.to_string()))?;
+    temp.persist(dest).map_err(|e| {
+        fetch_failed(
+            &url,
+            &format!("renaming into {}: {}", dest.display(), e.error),
+        )
+    })?;
+    sync_dir(parent_dir(dest)).map_err(|e| fetch_failed(&url, &e.to_string()))
 }
 
 /// Decrypts and decompresses `stored` into the file at `path`, and fsyncs it.
@@ -415,7 +399,8 @@ mod tests {
     use crate::cli::GlobalArgs;
     use crate::config::Settings;
     use crate::storage::{
-        GetResult, ObjectMeta, PutOptions, PutPayload, RetryPolicy, RetryingStore, Store,
+        GetOptions, GetResult, ObjectMeta, PutOptions, PutPayload, RetryPolicy, RetryingStore,
+        Store,
     };
     use async_trait::async_trait;
     use futures_util::stream::BoxStream;
@@ -433,7 +418,7 @@ mod tests {
         async fn put(&self, key: &str, _: PutPayload, _: &PutOptions) -> Result<(), StoreError> {
             Err(StoreError::transient("put", key, "connection refused"))
         }
-        async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        async fn get_opts(&self, key: &str, _: &GetOptions) -> Result<GetResult, StoreError> {
             self.gets.fetch_add(1, Ordering::SeqCst);
             Err(StoreError::transient("get", key, "connection refused"))
         }

@@ -11,12 +11,14 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::durable::sync_dir;
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetOptions, GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+};
 
 const TEMP_PREFIX: &str = ".wal-e-tmp.";
 const READ_CHUNK: usize = 256 * 1024;
@@ -97,11 +99,22 @@ fn classify_put(key: &str, err: io::Error) -> StoreError {
 }
 
 fn meta_of(key: String, md: &std::fs::Metadata) -> ObjectMeta {
+    use std::os::unix::fs::MetadataExt;
     let modified = md.modified().map(DateTime::<Utc>::from).unwrap_or_default();
+    // A put renames a new file into place: another inode, and almost
+    // always another size or mtime.
+    let version = format!(
+        "{}-{}-{}.{:09}",
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec()
+    );
     ObjectMeta {
         key,
         size: md.len(),
         last_modified: modified,
+        version: Some(version),
     }
 }
 
@@ -247,9 +260,9 @@ impl Store for FileStore {
         .map_err(|e| StoreError::permanent("put", key, e))?
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         let path = self.path("get", key)?;
-        let file = tokio::fs::File::open(&path)
+        let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| self.missing("get", key, e))?;
         let md = file.metadata().await.map_err(|e| classify("get", key, e))?;
@@ -258,10 +271,26 @@ impl Store for FileStore {
                 key: key.to_string(),
             });
         }
-        Ok(GetResult {
-            meta: meta_of(key.to_string(), &md),
-            stream: ReaderStream::with_capacity(file, READ_CHUNK).boxed(),
-        })
+        let meta = meta_of(key.to_string(), &md);
+        options.check_version(key, meta.version.as_deref())?;
+        if options.range_start > meta.size {
+            return Err(StoreError::permanent(
+                "get",
+                key,
+                format!(
+                    "asked for the object from byte {}, but it has {} bytes",
+                    options.range_start, meta.size
+                ),
+            ));
+        }
+        file.seek(io::SeekFrom::Start(options.range_start))
+            .await
+            .map_err(|e| classify("get", key, e))?;
+        let owned = key.to_string();
+        let stream = ReaderStream::with_capacity(file, READ_CHUNK)
+            .map(move |chunk| chunk.map_err(|e| classify("get", &owned, e).into()))
+            .boxed();
+        Ok(GetResult { meta, stream })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

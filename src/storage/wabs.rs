@@ -32,18 +32,22 @@ use async_trait::async_trait;
 use azure_core::credentials::Secret;
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{ClientOptions, Context, Etag, Request, RetryOptions, Transport, Url};
+use azure_core::http::{
+    ClientOptions, Context, Etag, Request, RetryOptions, StatusCode, Transport, Url,
+};
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
     BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
-    BlockBlobClientUploadOptions, BlockLookupList,
+    BlockBlobClientUploadOptions, BlockLookupList, HttpRange,
 };
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
 use bytes::{Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetOptions, GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+};
 use crate::config::{Env, Settings};
 use crate::error::UserError;
 
@@ -398,6 +402,13 @@ impl WabsStore {
     }
 }
 
+/// A download's `If-Match` failed: the blob is no longer that version.
+fn changed(key: &str, err: &azure_core::Error) -> Option<StoreError> {
+    (err.http_status() == Some(StatusCode::PreconditionFailed)).then(|| StoreError::Changed {
+        key: key.to_string(),
+    })
+}
+
 fn to_chrono(t: Option<azure_core::time::OffsetDateTime>) -> DateTime<Utc> {
     t.and_then(|t| DateTime::from_timestamp(t.unix_timestamp(), t.nanosecond()))
         .unwrap_or_default()
@@ -516,38 +527,52 @@ impl Store for WabsStore {
             .map_err(|e| self.classify_put(key, create, e))
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         let opts = BlobClientDownloadOptions {
             parallel: NonZero::new(DOWNLOAD_CONCURRENCY),
             partition_size: NonZero::new(BLOCK_SIZE),
+            range: (options.range_start > 0).then(|| HttpRange::from_offset(options.range_start)),
+            if_match: options.if_match.clone().map(Etag::from),
             ..Default::default()
         };
         let result = self
             .blob(key)
             .download(Some(opts))
             .await
-            .map_err(|e| self.classify("get", key, e))?;
-        // A ranged first response says the whole size after the slash.
-        let size = result
-            .headers
-            .get_optional_str(&"content-range".into())
-            .and_then(|r| r.rsplit('/').next())
-            .and_then(|total| total.parse().ok())
-            .or(result.properties.content_length);
+            .map_err(|e| match changed(key, &e) {
+                Some(changed) => changed,
+                None => self.classify("get", key, e),
+            })?;
+        let version = result.properties.etag.as_ref().map(ToString::to_string);
+        // The SDK's first request is ranged: the answer says the whole size
+        // after the slash.
+        let size = options.check_answer(
+            key,
+            version.as_deref(),
+            result.headers.get_optional_str(&"content-range".into()),
+            result.properties.content_length,
+        )?;
         let meta = ObjectMeta {
             key: key.to_string(),
             size: size.unwrap_or(0),
             last_modified: to_chrono(result.properties.last_modified),
+            version,
         };
         let key_owned = key.to_string();
         let body = result
             .body
             .map(move |chunk| {
-                chunk.map_err(|e| StoreError::transient("get", &key_owned, describe(&e)).into())
+                chunk.map_err(|e| {
+                    // The SDK pins its further ranges to the first one's ETag.
+                    changed(&key_owned, &e)
+                        .unwrap_or_else(|| StoreError::transient("get", &key_owned, describe(&e)))
+                        .into()
+                })
             })
             .boxed();
         // The SDK's ranged download does not check the total it delivers.
-        let stream = super::checked_length(body, size, key);
+        let tail = size.map(|size| size - options.range_start);
+        let stream = super::checked_length(body, tail, key);
         Ok(GetResult { meta, stream })
     }
 
@@ -562,6 +587,7 @@ impl Store for WabsStore {
             key: key.to_string(),
             size: rsp.content_length().map_err(header)?.unwrap_or(0),
             last_modified: to_chrono(rsp.last_modified().map_err(header)?),
+            version: None,
         })
     }
 
@@ -597,6 +623,7 @@ impl Store for WabsStore {
                                 key,
                                 size: props.content_length.unwrap_or(0),
                                 last_modified: to_chrono(props.last_modified),
+                                version: None,
                             }))
                         }
                     }

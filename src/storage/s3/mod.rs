@@ -28,7 +28,9 @@
 //!   rides out a reset or a `SlowDown` inside one part of a multipart upload;
 //!   `RetryingStore` then retries whole operations with WAL-E's backoff, up
 //!   to `WALE_RETRIES` times. At most 3 × `WALE_RETRIES` requests per
-//!   operation, never a storm.
+//!   operation, never a storm. A download whose body breaks off resumes with
+//!   a ranged GET pinned to the object's ETag (`If-Match`, also checked on
+//!   the answer, since some servers ignore it).
 
 mod config;
 
@@ -53,7 +55,9 @@ use md5::{Digest, Md5};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetOptions, GetResult, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+};
 use crate::ByteStream;
 use crate::config::{Env, Settings};
 use crate::error::UserError;
@@ -423,7 +427,12 @@ async fn resolve_region(cfg: &S3Config, shared: &config::Shared) -> Result<Strin
         return Ok(DEFAULT_REGION.to_string());
     }
     let probe = config::client(cfg, DEFAULT_REGION, shared);
-    let found = match probe.head_bucket().bucket(&cfg.bucket).send().await {
+    let found = match probe
+        .head_bucket()
+        .bucket(&cfg.bucket)
+        .send()
+        .await
+    {
         Ok(out) => out.bucket_region().map(str::to_string),
         Err(SdkError::ServiceError(e)) => e
             .raw()
@@ -515,6 +524,7 @@ impl S3Store {
                 key: key.to_string(),
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 last_modified: last_modified(out.last_modified()),
+                version: None,
             }),
             Err(e) => Err(classify(e).into_store_error("head", key)),
         }
@@ -760,6 +770,7 @@ impl S3Store {
                         key: o.key()?.to_string(),
                         size: o.size().unwrap_or(0).max(0) as u64,
                         last_modified: last_modified(o.last_modified()),
+                        version: None,
                     })
                 })
                 .collect();
@@ -863,18 +874,26 @@ impl Store for S3Store {
             .await
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_range(options.range_header())
+            .set_if_match(options.if_match.clone())
             .send()
             .await;
         let out = match out {
             Ok(out) => out,
             Err(e) => {
-                return match classify(e).into_store_error("get", key) {
+                let failure = classify(e);
+                if matches!(failure.class, Class::PreconditionFailed) {
+                    return Err(StoreError::Changed {
+                        key: key.to_string(),
+                    });
+                }
+                return match failure.into_store_error("get", key) {
                     StoreError::NotFound { key } => {
                         self.confirm_bucket("get", &key).await?;
                         Err(StoreError::NotFound { key })
@@ -883,14 +902,24 @@ impl Store for S3Store {
                 };
             }
         };
+        let version = out.e_tag().map(str::to_string);
+        let size = options.check_answer(
+            key,
+            version.as_deref(),
+            out.content_range(),
+            out.content_length().map(|n| n.max(0) as u64),
+        )?;
         let meta = ObjectMeta {
             key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
+            size: size.unwrap_or(0),
             last_modified: last_modified(out.last_modified()),
+            version,
         };
+        let body = body_stream(key.to_string(), out.body);
+        let tail = size.map(|size| size - options.range_start);
         Ok(GetResult {
             meta,
-            stream: body_stream(key.to_string(), out.body),
+            stream: super::checked_length(body, tail, key),
         })
     }
 
