@@ -22,15 +22,15 @@
 //!   the end of the archive. Throttling, `5xx`, timeouts and broken
 //!   connections are transient; everything else (bad credentials, a missing
 //!   bucket) is permanent.
-//! * Retries: the SDK's standard mode tries each request up to three times
-//!   (exponential backoff with jitter, longer for throttling, and a retry
-//!   quota per client that stops retrying when most requests fail), which
-//!   rides out a reset or a `SlowDown` inside one part of a multipart upload;
-//!   `RetryingStore` then retries whole operations with WAL-E's backoff, up
-//!   to `WALE_RETRIES` times. At most 3 × `WALE_RETRIES` requests per
-//!   operation, never a storm. A download whose body breaks off resumes with
-//!   a ranged GET pinned to the object's ETag (`If-Match`, also checked on
-//!   the answer, since some servers ignore it).
+//! * Retries: `RetryingStore` alone retries, with WAL-E's backoff, up to
+//!   `WALE_RETRIES` attempts per object; the SDK sends each request once. A
+//!   download whose body breaks off resumes with a ranged GET pinned to the
+//!   object's ETag (`If-Match`, also checked on the answer, since some
+//!   servers ignore it). The exception is a piece of one attempt: each part
+//!   of a multipart upload (and the abort of a failed one) keeps the SDK's
+//!   standard three tries (exponential backoff with jitter, longer for
+//!   throttling), so a reset or a `SlowDown` in one part does not restart
+//!   the whole upload; the region probe, outside any store operation, too.
 
 mod config;
 
@@ -384,6 +384,8 @@ async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str)
         .bucket(bucket)
         .key(key)
         .upload_id(upload_id)
+        .customize()
+        .config_override(config::piece_retries())
         .send()
         .await;
     if let Err(e) = result {
@@ -430,6 +432,8 @@ async fn resolve_region(cfg: &S3Config, shared: &config::Shared) -> Result<Strin
     let found = match probe
         .head_bucket()
         .bucket(&cfg.bucket)
+        .customize()
+        .config_override(config::piece_retries())
         .send()
         .await
     {
@@ -687,6 +691,8 @@ impl S3Store {
             let task_key = key.to_string();
             tasks.spawn(async move {
                 let out = part
+                    .customize()
+                    .config_override(config::piece_retries())
                     .send()
                     .await
                     .map_err(|e| classify(e).into_store_error("put", &task_key))?;
