@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::backend::{BackendEnv, TestBackend};
 use common::cli::{fake_segment, stderr};
 use common::pg::{Cluster, make_traversable};
-use common::s3::{FakeImds, FaultProxy, S3Backend, S3Server};
+use common::s3::{FakeImds, FaultProxy, S3Backend, S3Server, SeenGet};
 use common::scenarios;
 
 /// A failing command must give up within this (WALE_RETRIES of 3 or less).
@@ -195,6 +197,117 @@ fn a_failing_server_gets_wale_retries_requests_per_object_at_most() {
     at_most_retries_per_object(&proxy, "backup-fetch", || {
         env.run(&["backup-fetch", restored.to_str().unwrap(), "LATEST"])
     });
+}
+
+/// The GETs of `key` were two: the whole object, whose body the proxy cut
+/// after sending `cut.at` bytes, then the rest (`Range`) of the same version
+/// (`If-Match`) from the byte wal-e had received, which it logged (the
+/// bytes in flight when the connection closed may be lost).
+fn assert_resumed_at_the_cut(proxy: &FaultProxy, key: &str, out: &Output) {
+    let cut = proxy.faults.cut.lock().unwrap().clone().expect("a body was cut");
+    let gets: Vec<SeenGet> = proxy
+        .faults
+        .gets
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.path.ends_with(key))
+        .cloned()
+        .collect();
+    assert_eq!(gets.len(), 2, "{key}: {gets:?}");
+    assert_eq!((&gets[0].range, &gets[0].if_match), (&None, &None));
+    let from: u64 = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or_else(|| panic!("{gets:?}"));
+    assert!(0 < from && from <= cut.at, "resumed at {from}, cut at {}", cut.at);
+    assert!(
+        stderr(out).contains(&format!("resuming at byte {from})")),
+        "{}",
+        stderr(out)
+    );
+    assert!(cut.etag.is_some());
+    assert_eq!(gets[1].if_match, cut.etag, "{gets:?}");
+}
+
+/// Every file, directory and link under `root`, with contents and targets.
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+            let what = if kind.is_symlink() {
+                format!("link to {}", std::fs::read_link(&path).unwrap().display())
+            } else if kind.is_dir() {
+                dirs.push(path.clone());
+                "dir".to_string()
+            } else {
+                format!("{:?}", std::fs::read(&path).unwrap())
+            };
+            out.insert(path.strip_prefix(root).unwrap().to_path_buf(), what);
+        }
+    }
+    out
+}
+
+#[test]
+fn downloads_cut_midway_resume_from_the_cut_at_the_same_version() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let (_, layout) = env.open();
+
+    // wal-fetch
+    let dir = tempfile::tempdir().unwrap();
+    let name = "000000010000000000000005";
+    let data = fake_segment(16 * 1024 * 1024, 5);
+    let seg = dir.path().join(name);
+    std::fs::write(&seg, &data).unwrap();
+    let out = env.run(&["wal-push", seg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "wal-push: {}", stderr(&out));
+    let key = layout.wal_key(name);
+    *proxy.faults.cut_body_of.lock().unwrap() = Some(key.clone());
+    let dest = dir.path().join("fetched");
+    let out = env.run(&["wal-fetch", "--prefetch", "0", name, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "wal-fetch: {}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == data, "the segment's bytes");
+    assert_resumed_at_the_cut(&proxy, &key, &out);
+
+    // backup-fetch
+    let tmp = tempfile::tempdir().unwrap();
+    make_traversable(tmp.path());
+    let pg = Cluster::init(tmp.path(), "primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} wal-push %p'\n",
+        env.launcher(tmp.path()).display()
+    ));
+    pg.start();
+    let out = env
+        .command(&["backup-push", pg.data_dir.to_str().unwrap()])
+        .envs(pg.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    pg.stop();
+    let partition = "/tar_partitions/part_00000000.tar.lzo";
+    *proxy.faults.cut_body_of.lock().unwrap() = Some(partition.into());
+    let resumed = tmp.path().join("resumed");
+    let out = env.run(&["backup-fetch", resumed.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "backup-fetch: {}", stderr(&out));
+    assert_resumed_at_the_cut(&proxy, partition, &out);
+    // The same restore, uncut, straight from the server.
+    let direct = env.with(
+        "WALE_S3_ENDPOINT",
+        &format!("http+path://127.0.0.1:{}", S3Server::shared().port),
+    );
+    let whole = tmp.path().join("whole");
+    let out = direct.run(&["backup-fetch", whole.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "backup-fetch: {}", stderr(&out));
+    let (resumed, whole) = (tree(&resumed), tree(&whole));
+    assert!(resumed.contains_key(Path::new("global/pg_control")));
+    assert!(resumed == whole, "the resumed restore is the uncut one");
 }
 
 fn fails_with(env: &BackendEnv, args: &[&str], needles: &[&str]) {

@@ -264,8 +264,8 @@ pub struct Faults {
     /// The first GET whose path contains the text gets only the first half
     /// of its body, then the connection is closed.
     pub cut_body_of: Mutex<Option<String>>,
-    /// Where that body was cut: bytes sent.
-    pub cut_at: AtomicU64,
+    /// Where that body was cut, and the object's ETag.
+    pub cut: Mutex<Option<Cut>>,
     /// Every GET passed on: path, `Range` and `If-Match`.
     pub gets: Mutex<Vec<SeenGet>>,
     /// Requests per method and path ("GET /bucket/key"), spoiled or not.
@@ -289,6 +289,13 @@ impl Faults {
             .max()
             .unwrap_or_default()
     }
+}
+
+/// A body the proxy cut: the bytes it sent, and the object's ETag.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub at: u64,
+    pub etag: Option<String>,
 }
 
 /// A GET as the proxy saw it.
@@ -454,9 +461,14 @@ impl FaultProxy {
                                 return Reply::Drop;
                             };
                             let whole = whole.to_bytes();
-                            faults
-                                .cut_at
-                                .store(whole.len() as u64 / 2, Ordering::SeqCst);
+                            *faults.cut.lock().unwrap() = Some(Cut {
+                                at: whole.len() as u64 / 2,
+                                etag: parts
+                                    .headers
+                                    .get("etag")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string),
+                            });
                             return Reply::Respond(Response::from_parts(parts, cut_in_half(whole)));
                         }
                         Reply::Respond(Response::from_parts(
