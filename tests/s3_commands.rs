@@ -204,7 +204,13 @@ fn a_failing_server_gets_wale_retries_requests_per_object_at_most() {
 /// (`If-Match`) from the byte wal-e had received, which it logged (the
 /// bytes in flight when the connection closed may be lost).
 fn assert_resumed_at_the_cut(proxy: &FaultProxy, key: &str, out: &Output) {
-    let cut = proxy.faults.cut.lock().unwrap().clone().expect("a body was cut");
+    let cut = proxy
+        .faults
+        .cut
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a body was cut");
     let gets: Vec<SeenGet> = proxy
         .faults
         .gets
@@ -221,7 +227,11 @@ fn assert_resumed_at_the_cut(proxy: &FaultProxy, key: &str, out: &Output) {
         .as_deref()
         .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
         .unwrap_or_else(|| panic!("{gets:?}"));
-    assert!(0 < from && from <= cut.at, "resumed at {from}, cut at {}", cut.at);
+    assert!(
+        0 < from && from <= cut.at,
+        "resumed at {from}, cut at {}",
+        cut.at
+    );
     assert!(
         stderr(out).contains(&format!("resuming at byte {from})")),
         "{}",

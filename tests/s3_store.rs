@@ -287,7 +287,11 @@ async fn only_parts_of_an_upload_are_retried_by_the_sdk() {
     *proxy.faults.fail_matching.lock().unwrap() = Some((format!("/{key}"), 1));
     let err = store.get(key).await.map(|_| ()).unwrap_err();
     assert!(err.is_transient(), "{err:?}");
-    assert_eq!(proxy.faults.most_per_object().0, 1, "one request, one attempt");
+    assert_eq!(
+        proxy.faults.most_per_object().0,
+        1,
+        "one request, one attempt"
+    );
     let got = store.get(key).await.unwrap();
     assert_eq!(
         digest(got.stream).await.unwrap(),

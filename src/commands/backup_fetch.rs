@@ -91,18 +91,7 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
             progress.clone(),
             target.clone(),
         );
-        async move {
-            fetch_partition(
-                ctx,
-                number,
-                &key,
-                &target,
-                options,
-                decrypt_with,
-                progress,
-            )
-            .await
-        }
+        async move { fetch_partition(ctx, number, &key, &target, options, decrypt_with, progress).await }
     };
     stream::iter(partitions.into_iter().map(Ok))
         .try_for_each_concurrent(args.pool_size as usize, fetch)
@@ -293,7 +282,11 @@ async fn fetch_partition(
     let failed = |why: String| {
         UserError::new("could not restore a base backup volume").detail(format!("{url}: {why}"))
     };
-    let got = ctx.store.get(key).await.map_err(|e| failed(e.to_string()))?;
+    let got = ctx
+        .store
+        .get(key)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
     let plain = pipeline::decode(got.stream, decrypt_with.as_ref())
         .inspect_ok(move |chunk| progress.advance(chunk.len() as u64))
         .boxed();

@@ -245,7 +245,12 @@ async fn download(
     let temp = tempfile::Builder::new()
         .prefix("fetch.")
         .tempfile_in(staging)
-        .map_err(|e| fetch_failed(&url, &format!("creating a file in {}: {e}", staging.display())))?;
+        .map_err(|e| {
+            fetch_failed(
+                &url,
+                &format!("creating a file in {}: {e}", staging.display()),
+            )
+        })?;
     write_decoded(stored.stream, decrypt_with, temp.path())
         .await
         .map_err(|e| fetch_failed(&url, &e.to_string()))?;

@@ -223,7 +223,9 @@ impl GetOptions {
                 format!(
                     "asked for the object from byte {}, the store answered with {}",
                     self.range_start,
-                    content_range.map_or("the whole object".to_string(), |r| format!("the range {r:?}"))
+                    content_range.map_or("the whole object".to_string(), |r| format!(
+                        "the range {r:?}"
+                    ))
                 ),
             )),
         }
@@ -416,7 +418,13 @@ mod tests {
     fn content_ranges_parse() {
         assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, Some(10))));
         assert_eq!(parse_content_range("bytes 7-9/*"), Some((7, None)));
-        for bad in ["bytes 5-4/10", "bytes 0-10/10", "bytes */10", "0-9/10", "bytes 0-9"] {
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "0-9/10",
+            "bytes 0-9",
+        ] {
             assert_eq!(parse_content_range(bad), None, "{bad}");
         }
     }
@@ -425,9 +433,14 @@ mod tests {
     fn answers_must_be_the_version_and_range_asked_for() {
         let whole = GetOptions::default();
         assert_eq!(whole.range_header(), None);
-        assert_eq!(whole.check_answer("k", None, None, Some(10)).unwrap(), Some(10));
         assert_eq!(
-            whole.check_answer("k", None, Some("bytes 0-3/10"), Some(4)).unwrap(),
+            whole.check_answer("k", None, None, Some(10)).unwrap(),
+            Some(10)
+        );
+        assert_eq!(
+            whole
+                .check_answer("k", None, Some("bytes 0-3/10"), Some(4))
+                .unwrap(),
             Some(10)
         );
         let tail = GetOptions {
@@ -436,7 +449,10 @@ mod tests {
         };
         assert_eq!(tail.range_header().as_deref(), Some("bytes=4-"));
         let answer = |version, range| tail.check_answer("k", version, range, Some(6));
-        assert_eq!(answer(Some("\"v1\""), Some("bytes 4-9/10")).unwrap(), Some(10));
+        assert_eq!(
+            answer(Some("\"v1\""), Some("bytes 4-9/10")).unwrap(),
+            Some(10)
+        );
         for version in [Some("\"v2\""), None] {
             let err = answer(version, Some("bytes 4-9/10")).unwrap_err();
             assert!(matches!(err, StoreError::Changed { .. }), "{err:?}");

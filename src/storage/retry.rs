@@ -272,16 +272,18 @@ impl<S: Store + 'static> Store for RetryingStore<S> {
                             st.last_key = Some(meta.key.clone());
                             return Some((Ok(meta), st));
                         }
-                        Some(Err(err)) => match st.budget.next_wait(&format!("listing {prefix}"), &err) {
-                            Some(wait) => {
-                                tokio::time::sleep(wait).await;
-                                st.inner = self.inner.list(&prefix, st.last_key.clone());
+                        Some(Err(err)) => {
+                            match st.budget.next_wait(&format!("listing {prefix}"), &err) {
+                                Some(wait) => {
+                                    tokio::time::sleep(wait).await;
+                                    st.inner = self.inner.list(&prefix, st.last_key.clone());
+                                }
+                                None => {
+                                    st.done = true;
+                                    return Some((Err(err), st));
+                                }
                             }
-                            None => {
-                                st.done = true;
-                                return Some((Err(err), st));
-                            }
-                        },
+                        }
                     }
                 }
             }
@@ -291,7 +293,9 @@ impl<S: Store + 'static> Store for RetryingStore<S> {
 
     async fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
         Budget::new(&self.policy)
-            .run("deleting a batch of objects", || self.inner.delete_many(keys))
+            .run("deleting a batch of objects", || {
+                self.inner.delete_many(keys)
+            })
             .await
     }
 }
@@ -313,11 +317,12 @@ mod tests {
     #[tokio::test]
     async fn transient_errors_are_retried_up_to_the_attempt_limit() {
         let calls = AtomicU32::new(0);
-        let result: Result<(), _> = Budget::new(&fast(4)).run("op", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(StoreError::transient("get", "k", "reset"))
-        })
-        .await;
+        let result: Result<(), _> = Budget::new(&fast(4))
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(StoreError::transient("get", "k", "reset"))
+            })
+            .await;
         assert!(result.unwrap_err().is_transient());
         assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
@@ -329,11 +334,12 @@ mod tests {
             || StoreError::NotFound { key: "k".into() },
         ] {
             let calls = AtomicU32::new(0);
-            let result: Result<(), _> = Budget::new(&fast(5)).run("op", || async {
-                calls.fetch_add(1, Ordering::SeqCst);
-                Err(make())
-            })
-            .await;
+            let result: Result<(), _> = Budget::new(&fast(5))
+                .run("op", || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(make())
+                })
+                .await;
             assert!(result.is_err());
             assert_eq!(calls.load(Ordering::SeqCst), 1);
         }
@@ -342,14 +348,15 @@ mod tests {
     #[tokio::test]
     async fn success_after_failures_is_returned() {
         let calls = AtomicU32::new(0);
-        let result = Budget::new(&fast(5)).run("op", || async {
-            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
-                Err(StoreError::transient("get", "k", "503"))
-            } else {
-                Ok(7)
-            }
-        })
-        .await;
+        let result = Budget::new(&fast(5))
+            .run("op", || async {
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    Err(StoreError::transient("get", "k", "503"))
+                } else {
+                    Ok(7)
+                }
+            })
+            .await;
         assert_eq!(result.unwrap(), 7);
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
@@ -363,11 +370,12 @@ mod tests {
             max_total_delay: Some(Duration::from_millis(50)),
         };
         let calls = AtomicU32::new(0);
-        let result: Result<(), _> = Budget::new(&policy).run("op", || async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(StoreError::transient("get", "k", "503"))
-        })
-        .await;
+        let result: Result<(), _> = Budget::new(&policy)
+            .run("op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(StoreError::transient("get", "k", "503"))
+            })
+            .await;
         assert!(result.is_err());
         let n = calls.load(Ordering::SeqCst);
         assert!((2..=12).contains(&n), "{n} attempts");
@@ -523,4 +531,3 @@ mod tests {
         }
     }
 }
-

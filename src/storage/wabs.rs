@@ -535,14 +535,14 @@ impl Store for WabsStore {
             if_match: options.if_match.clone().map(Etag::from),
             ..Default::default()
         };
-        let result = self
-            .blob(key)
-            .download(Some(opts))
-            .await
-            .map_err(|e| match changed(key, &e) {
-                Some(changed) => changed,
-                None => self.classify("get", key, e),
-            })?;
+        let result =
+            self.blob(key)
+                .download(Some(opts))
+                .await
+                .map_err(|e| match changed(key, &e) {
+                    Some(changed) => changed,
+                    None => self.classify("get", key, e),
+                })?;
         let version = result.properties.etag.as_ref().map(ToString::to_string);
         // The SDK's first request is ranged: the answer says the whole size
         // after the slash.

@@ -405,7 +405,9 @@ impl FaultProxy {
                 let is_object = path.trim_matches('/').contains('/');
                 let cut = is_get && {
                     let mut cut = faults.cut_body_of.lock().unwrap();
-                    let hit = cut.as_ref().is_some_and(|text| path.contains(text.as_str()));
+                    let hit = cut
+                        .as_ref()
+                        .is_some_and(|text| path.contains(text.as_str()));
                     if hit {
                         *cut = None;
                     }
