@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -11,10 +13,10 @@ use std::time::{Duration, Instant};
 use common::backend::{BackendEnv, TestBackend};
 use common::cli::{fake_segment, random_bytes, stderr};
 use common::pg::{Cluster, make_traversable};
-use common::s3::{FakeImds, FaultProxy, S3Backend, S3Server};
+use common::s3::{FakeImds, FaultProxy, S3Backend, S3Server, SeenGet};
 use common::scenarios;
 
-/// A failing command must give up within this (WALE_RETRIES=2).
+/// A failing command must give up within this (WALE_RETRIES of 3 or less).
 const GIVE_UP_WITHIN: Duration = Duration::from_secs(60);
 
 #[test]
@@ -105,50 +107,217 @@ fn commands_ride_out_a_flaky_server() {
     assert!(failed > 20, "only {failed} requests were spoiled");
 }
 
+/// Requests per method and object the commands below may make: each object
+/// gets `WALE_RETRIES` attempts in all, one request each, whichever layer
+/// sees the failure (the SDK, the store, the command).
+const RETRIES: u64 = 3;
+
+/// Runs `what`, which must fail, and checks that no object got more than
+/// `RETRIES` requests of one kind, and that some object got exactly that.
+fn at_most_retries_per_object(proxy: &FaultProxy, what: &str, run: impl FnOnce() -> Output) {
+    proxy.faults.per_object.lock().unwrap().clear();
+    let started = Instant::now();
+    let out = run();
+    assert!(!out.status.success(), "{what}: {}", stderr(&out));
+    let (most, object) = proxy.faults.most_per_object();
+    assert_eq!(
+        most,
+        RETRIES,
+        "{what}: {most} requests for {object}; all: {:?}",
+        proxy.faults.per_object.lock().unwrap()
+    );
+    assert!(
+        started.elapsed() < GIVE_UP_WITHIN,
+        "{what} gave up after {:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
-fn a_server_that_always_fails_makes_commands_fail_in_bounded_time() {
+fn a_failing_server_gets_wale_retries_requests_per_object_at_most() {
     let proxy = FaultProxy::start();
-    proxy.faults.fail_every.store(1, Ordering::SeqCst);
     let env = S3Backend::via(proxy.port)
         .fresh_prefix()
-        .with("WALE_RETRIES", "2");
+        .with("WALE_RETRIES", &RETRIES.to_string());
 
-    let started = Instant::now();
-    let (push, fetch) = push_and_fetch_one(&env);
-    // Each command tries WALE_RETRIES times, each try up to 3 requests (the
-    // SDK's own attempts): no layer multiplies another's budget.
-    let requests = proxy.faults.requests.load(Ordering::SeqCst);
-    assert!(
-        requests <= 2 * (2 * 3),
-        "{requests} requests for one wal-push and one wal-fetch"
-    );
-    assert_eq!(push.status.code(), Some(1), "wal-push: {}", stderr(&push));
-    assert!(stderr(&push).contains("SlowDown") || stderr(&push).contains("connection"));
-    // Anything but an authoritative "not found" stops recovery.
-    assert_eq!(
-        fetch.status.code(),
-        Some(126),
-        "wal-fetch: {}",
-        stderr(&fetch)
-    );
-
+    // A backup to restore, pushed while the server works.
     let tmp = tempfile::tempdir().unwrap();
     make_traversable(tmp.path());
     let pg = Cluster::init(tmp.path(), "primary");
-    pg.append_conf("archive_mode = on\narchive_command = '/bin/true'\n");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} wal-push %p'\n",
+        env.launcher(tmp.path()).display()
+    ));
+    pg.start();
+    let data_dir = pg.data_dir.to_str().unwrap().to_string();
+    let backup_push = || {
+        env.command(&["backup-push", &data_dir])
+            .envs(pg.env())
+            .output()
+            .unwrap()
+    };
+    let out = backup_push();
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    // The archiver's own wal-push calls must not mix with the counts below.
+    pg.stop();
+    pg.append_conf("archive_command = '/bin/true'\n");
+    pg.start();
+
+    // From now on every request fails.
+    proxy.faults.fail_every.store(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let seg = dir.path().join("000000010000000000000007");
+    std::fs::write(&seg, fake_segment(16 * 1024 * 1024, 7)).unwrap();
+    at_most_retries_per_object(&proxy, "wal-push", || {
+        let out = env.run(&["wal-push", seg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "wal-push: {}", stderr(&out));
+        assert!(stderr(&out).contains("SlowDown") || stderr(&out).contains("connection"));
+        out
+    });
+    let dest = dir.path().join("fetched");
+    at_most_retries_per_object(&proxy, "wal-fetch", || {
+        let out = env.run(&[
+            "wal-fetch",
+            "--prefetch",
+            "0",
+            "000000010000000000000007",
+            dest.to_str().unwrap(),
+        ]);
+        // Anything but an authoritative "not found" stops recovery.
+        assert_eq!(out.status.code(), Some(126), "wal-fetch: {}", stderr(&out));
+        out
+    });
+    at_most_retries_per_object(&proxy, "backup-push", backup_push);
+    pg.stop();
+
+    // The backup is listed, but every partition download fails.
+    proxy.faults.fail_every.store(0, Ordering::SeqCst);
+    *proxy.faults.fail_matching.lock().unwrap() = Some(("/tar_partitions/".into(), u64::MAX));
+    let restored = tmp.path().join("restored");
+    at_most_retries_per_object(&proxy, "backup-fetch", || {
+        env.run(&["backup-fetch", restored.to_str().unwrap(), "LATEST"])
+    });
+}
+
+/// The GETs of `key` were two: the whole object, whose body the proxy cut
+/// after sending `cut.at` bytes, then the rest (`Range`) of the same version
+/// (`If-Match`) from the byte wal-e had received, which it logged (the
+/// bytes in flight when the connection closed may be lost).
+fn assert_resumed_at_the_cut(proxy: &FaultProxy, key: &str, out: &Output) {
+    let cut = proxy
+        .faults
+        .cut
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("a body was cut");
+    let gets: Vec<SeenGet> = proxy
+        .faults
+        .gets
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.path.ends_with(key))
+        .cloned()
+        .collect();
+    assert_eq!(gets.len(), 2, "{key}: {gets:?}");
+    assert_eq!((&gets[0].range, &gets[0].if_match), (&None, &None));
+    let from: u64 = gets[1]
+        .range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+        .unwrap_or_else(|| panic!("{gets:?}"));
+    assert!(
+        0 < from && from <= cut.at,
+        "resumed at {from}, cut at {}",
+        cut.at
+    );
+    assert!(
+        stderr(out).contains(&format!("resuming at byte {from})")),
+        "{}",
+        stderr(out)
+    );
+    assert!(cut.etag.is_some());
+    assert_eq!(gets[1].if_match, cut.etag, "{gets:?}");
+}
+
+/// Every file, directory and link under `root`, with contents and targets.
+fn tree(root: &Path) -> BTreeMap<PathBuf, String> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let kind = std::fs::symlink_metadata(&path).unwrap().file_type();
+            let what = if kind.is_symlink() {
+                format!("link to {}", std::fs::read_link(&path).unwrap().display())
+            } else if kind.is_dir() {
+                dirs.push(path.clone());
+                "dir".to_string()
+            } else {
+                format!("{:?}", std::fs::read(&path).unwrap())
+            };
+            out.insert(path.strip_prefix(root).unwrap().to_path_buf(), what);
+        }
+    }
+    out
+}
+
+#[test]
+fn downloads_cut_midway_resume_from_the_cut_at_the_same_version() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let (_, layout) = env.open();
+
+    // wal-fetch
+    let dir = tempfile::tempdir().unwrap();
+    let name = "000000010000000000000005";
+    let data = fake_segment(16 * 1024 * 1024, 5);
+    let seg = dir.path().join(name);
+    std::fs::write(&seg, &data).unwrap();
+    let out = env.run(&["wal-push", seg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "wal-push: {}", stderr(&out));
+    let key = layout.wal_key(name);
+    *proxy.faults.cut_body_of.lock().unwrap() = Some(key.clone());
+    let dest = dir.path().join("fetched");
+    let out = env.run(&["wal-fetch", "--prefetch", "0", name, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "wal-fetch: {}", stderr(&out));
+    assert!(std::fs::read(&dest).unwrap() == data, "the segment's bytes");
+    assert_resumed_at_the_cut(&proxy, &key, &out);
+
+    // backup-fetch
+    let tmp = tempfile::tempdir().unwrap();
+    make_traversable(tmp.path());
+    let pg = Cluster::init(tmp.path(), "primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} wal-push %p'\n",
+        env.launcher(tmp.path()).display()
+    ));
     pg.start();
     let out = env
         .command(&["backup-push", pg.data_dir.to_str().unwrap()])
         .envs(pg.env())
         .output()
         .unwrap();
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
     pg.stop();
-    assert_ne!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
-    assert!(
-        started.elapsed() < 3 * GIVE_UP_WITHIN,
-        "gave up after {:?}",
-        started.elapsed()
+    let partition = "/tar_partitions/part_00000000.tar.lzo";
+    *proxy.faults.cut_body_of.lock().unwrap() = Some(partition.into());
+    let resumed = tmp.path().join("resumed");
+    let out = env.run(&["backup-fetch", resumed.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "backup-fetch: {}", stderr(&out));
+    assert_resumed_at_the_cut(&proxy, partition, &out);
+    // The same restore, uncut, straight from the server.
+    let direct = env.with(
+        "WALE_S3_ENDPOINT",
+        &format!("http+path://127.0.0.1:{}", S3Server::shared().port),
     );
+    let whole = tmp.path().join("whole");
+    let out = direct.run(&["backup-fetch", whole.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "backup-fetch: {}", stderr(&out));
+    let (resumed, whole) = (tree(&resumed), tree(&whole));
+    assert!(resumed.contains_key(Path::new("global/pg_control")));
+    assert!(resumed == whole, "the resumed restore is the uncut one");
 }
 
 /// Runs wal-push of a fresh segment holding `data`, killing it (and

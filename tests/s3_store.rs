@@ -318,3 +318,42 @@ async fn keys_a_batch_delete_could_not_remove_are_reported() {
     assert!(err.is_transient(), "{err:?}");
     assert!(err.to_string().contains(&keys[1]), "{err}");
 }
+
+/// The SDK sends each request once, so that a request is one of the store's
+/// `WALE_RETRIES` attempts; only a part of a multipart upload is tried again
+/// within its attempt, so that one failed part does not restart the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_parts_of_an_upload_are_retried_by_the_sdk() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port)
+        .fresh_prefix()
+        .with("WALE_RETRIES", "1");
+    let store = open_store(&env).await;
+    let key = "db1/two-parts";
+    let len = (PART_SIZE + 1) as u64;
+    *proxy.faults.fail_matching.lock().unwrap() = Some(("partNumber=2".into(), 1));
+    store
+        .put(
+            key,
+            PutPayload::from_fn(move || pattern_stream(len, 4)),
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(proxy.faults.failed.load(Ordering::SeqCst), 1);
+
+    proxy.faults.per_object.lock().unwrap().clear();
+    *proxy.faults.fail_matching.lock().unwrap() = Some((format!("/{key}"), 1));
+    let err = store.get(key).await.map(|_| ()).unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(
+        proxy.faults.most_per_object().0,
+        1,
+        "one request, one attempt"
+    );
+    let got = store.get(key).await.unwrap();
+    assert_eq!(
+        digest(got.stream).await.unwrap(),
+        digest(pattern_stream(len, 4)).await.unwrap()
+    );
+}

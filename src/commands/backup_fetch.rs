@@ -1,7 +1,8 @@
 //! `backup-fetch PG_CLUSTER_DIRECTORY NAME|LATEST`: restores a base backup.
 //!
 //! Partitions are downloaded, decrypted, decompressed and extracted in
-//! parallel (`--pool-size`), each retried as a whole on failure. Extraction
+//! parallel (`--pool-size`); a download that breaks off resumes where it
+//! stopped (the store's retries), and any other failure is final. Extraction
 //! refuses entries that would land outside the target. Unlike WAL-E, the
 //! restore always lands in PG_CLUSTER_DIRECTORY (WAL-E issue 291), and the
 //! restored `tablespace_map` is made to agree with where tablespaces were put.
@@ -19,8 +20,7 @@ use crate::error::{CmdResult, CommandError, UserError};
 use crate::layout::{BackupName, RestoreSpec, Sentinel, TablespaceLocation, VOLUME_RE};
 use crate::pipeline::{self, DecryptionKeys};
 use crate::progress::{self, Progress};
-use crate::storage::{RetryPolicy, StoreError, retry};
-use crate::tar_extract::{self, ExtractError, ExtractOptions};
+use crate::tar_extract::{self, ExtractOptions};
 
 pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
     let target = std::path::absolute(&args.cluster_dir)
@@ -84,7 +84,6 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
     let progress: Arc<dyn Progress> =
         progress::for_terminal("backup-fetch", ctx.global.terse).into();
     progress.set_total(sentinel.expanded_size_bytes);
-    let policy = RetryPolicy::from_retries(ctx.settings.retries);
     let fetch = |(number, key): (u32, String)| {
         let (options, decrypt_with, progress, target) = (
             options.clone(),
@@ -92,20 +91,7 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
             progress.clone(),
             target.clone(),
         );
-        let policy = &policy;
-        async move {
-            fetch_partition(
-                ctx,
-                policy,
-                number,
-                &key,
-                &target,
-                options,
-                decrypt_with,
-                progress,
-            )
-            .await
-        }
+        async move { fetch_partition(ctx, number, &key, &target, options, decrypt_with, progress).await }
     };
     stream::iter(partitions.into_iter().map(Ok))
         .try_for_each_concurrent(args.pool_size as usize, fetch)
@@ -283,10 +269,8 @@ async fn list_partitions(
     Ok(partitions)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn fetch_partition(
     ctx: &Context,
-    policy: &RetryPolicy,
     number: u32,
     key: &str,
     target: &Path,
@@ -296,30 +280,20 @@ async fn fetch_partition(
 ) -> CmdResult {
     let url = ctx.layout.url(key);
     tracing::info!(detail = %format!("Downloading and extracting partition {number} from \"{url}\"."), "begin fetching a base backup volume");
-    let attempt = || async {
-        let got = ctx.store.get(key).await?;
-        let progress = progress.clone();
-        let plain = pipeline::decode(got.stream, decrypt_with.as_ref())
-            .inspect_ok(move |chunk| progress.advance(chunk.len() as u64))
-            .boxed();
-        tar_extract::extract(plain, target, options.clone())
-            .await
-            .map_err(|e| {
-                // Only a download that broke off is worth another try.
-                let transient = matches!(&e, ExtractError::Read(io)
-                    if StoreError::from_io(io).is_some_and(StoreError::is_transient));
-                if transient {
-                    StoreError::transient("get", key, e)
-                } else {
-                    StoreError::permanent("get", key, e)
-                }
-            })
+    let failed = |why: String| {
+        UserError::new("could not restore a base backup volume").detail(format!("{url}: {why}"))
     };
-    retry(policy, &format!("fetching {url}"), attempt)
+    let got = ctx
+        .store
+        .get(key)
         .await
-        .map_err(|e| {
-            UserError::new("could not restore a base backup volume").detail(format!("{url}: {e}"))
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
+    let plain = pipeline::decode(got.stream, decrypt_with.as_ref())
+        .inspect_ok(move |chunk| progress.advance(chunk.len() as u64))
+        .boxed();
+    tar_extract::extract(plain, target, options)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
     Ok(())
 }
 

@@ -609,7 +609,7 @@ mod tests {
 
     use super::*;
     use crate::config::StoragePrefix;
-    use crate::storage::{GetResult, ObjectMeta, PutOptions, PutPayload, StoreError};
+    use crate::storage::{GetOptions, GetResult, ObjectMeta, PutOptions, PutPayload, StoreError};
 
     fn entry(key: &str, object: StoreObject) -> Entry {
         Entry {
@@ -618,6 +618,7 @@ mod tests {
                 size: 0,
                 last_modified: Utc::now(),
                 metadata: Default::default(),
+                version: None,
             },
             object,
         }
@@ -759,7 +760,7 @@ mod tests {
         async fn put(&self, key: &str, _: PutPayload, _: &PutOptions) -> Result<(), StoreError> {
             Err(StoreError::permanent("put", key, "read-only"))
         }
-        async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        async fn get_opts(&self, key: &str, _: &GetOptions) -> Result<GetResult, StoreError> {
             Err(StoreError::NotFound { key: key.into() })
         }
         async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

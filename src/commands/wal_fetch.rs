@@ -27,7 +27,7 @@ use crate::error::{CmdResult, CommandError, UserError, exit};
 use crate::layout::SegmentName;
 use crate::pipeline::{self, DecryptionKeys};
 use crate::postgres::{LONG_PAGE_HEADER_SIZE, LongPageHeader};
-use crate::storage::{RetryPolicy, StoreError, retry};
+use crate::storage::StoreError;
 
 /// `<WAL dir>/.wal-e/prefetch/…`, as WAL-E lays it out.
 struct PrefetchDirs {
@@ -105,7 +105,7 @@ pub async fn run(ctx: &Context, args: &WalFetchArgs) -> CmdResult {
         Ok(())
     } else {
         let decrypt_with = ctx.decryption_keys().await.map_err(unavailable)?;
-        download_with_retries(ctx, name, dest, &dirs.staging(), decrypt_with).await
+        download(ctx, name, dest, &dirs.staging(), decrypt_with).await
     };
     match &result {
         Ok(()) => log_state(
@@ -219,9 +219,9 @@ fn fetch_failed(url: &str, why: &str) -> CommandError {
 }
 
 /// Downloads the WAL file `name` into a staging file, then renames it over
-/// `dest`. Transient store errors (and failures midway through a download)
-/// are retried.
-async fn download_with_retries(
+/// `dest`. The store retries (a body that breaks off resumes where it
+/// stopped): a failure here is final.
+async fn download(
     ctx: &Context,
     name: &str,
     dest: &Path,
@@ -232,55 +232,43 @@ async fn download_with_retries(
     let url = ctx.layout.url(key);
     make_private_dir(staging)
         .map_err(|e| fetch_failed(&url, &format!("creating {}: {e}", staging.display())))?;
-    let policy = RetryPolicy::from_retries(ctx.settings.retries);
-    let attempt = || async {
-        // The store already retried the request itself (`WALE_RETRIES`):
-        // retrying that again here would square the budget. Only a download
-        // that fails midway, which the store cannot retry, is tried again.
-        let stored = ctx.store.get(key).await.map_err(|e| match e {
-            e if e.is_transient() => StoreError::permanent("get", key, e),
-            e => e,
-        })?;
-        let temp = tempfile::Builder::new()
-            .prefix("fetch.")
-            .tempfile_in(staging)
-            .map_err(|e| StoreError::permanent("get", key, e))?;
-        match write_decoded(stored.stream, decrypt_with.clone(), temp.path(), name).await {
-            Ok(_) => Ok(temp),
-            // A connection lost midway is worth another try.
-            Err(e) => match StoreError::from_io(&e) {
-                Some(inner) if inner.is_transient() => Err(StoreError::transient("get", key, e)),
-                _ => Err(StoreError::permanent("get", key, e)),
-            },
-        }
-    };
-    match retry(&policy, &format!("fetching {url}"), attempt).await {
-        Ok(temp) => {
-            temp.persist(dest).map_err(|e| {
-                fetch_failed(
-                    &url,
-                    &format!("renaming into {}: {}", dest.display(), e.error),
-                )
-            })?;
-            sync_dir(parent_dir(dest)).map_err(|e| fetch_failed(&url, &e.to_string()))?;
-            Ok(())
-        }
+    let stored = match ctx.store.get(key).await {
+        Ok(stored) => stored,
         Err(StoreError::NotFound { .. }) => {
-            Err(UserError::new("could not find WAL file")
+            return Err(UserError::new("could not find WAL file")
                 .detail(format!("{url} does not exist."))
                 .hint("This is normal when PostgreSQL looks for timeline history files or reaches the end of the archive.")
                 .not_found()
-                .into())
+                .into());
         }
-        Err(e) => match too_large(&e) {
-            Some(too_large) => Err(UserError::new("the archived WAL file is larger than it can be")
+        Err(e) => return Err(fetch_failed(&url, &e.to_string())),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix("fetch.")
+        .tempfile_in(staging)
+        .map_err(|e| {
+            fetch_failed(
+                &url,
+                &format!("creating a file in {}: {e}", staging.display()),
+            )
+        })?;
+    write_decoded(stored.stream, decrypt_with, temp.path(), name)
+        .await
+        .map_err(|e| match too_large(&e) {
+            Some(too_large) => UserError::new("the archived WAL file is larger than it can be")
                 .detail(format!("{url} {too_large}."))
                 .hint("The object is damaged, or is not the WAL file it is named after. wal-fetch wrote nothing and exits with 126 so that PostgreSQL stops recovery; restore the object from another copy of the archive.")
                 .exit_code(exit::RESTORE_UNAVAILABLE)
-                .into()),
-            None => Err(fetch_failed(&url, &e.to_string())),
-        },
-    }
+                .into(),
+            None => fetch_failed(&url, &e.to_string()),
+        })?;
+    temp.persist(dest).map_err(|e| {
+        fetch_failed(
+            &url,
+            &format!("renaming into {}: {}", dest.display(), e.error),
+        )
+    })?;
+    sync_dir(parent_dir(dest)).map_err(|e| fetch_failed(&url, &e.to_string()))
 }
 
 /// What [`write_decoded`] wrote.
@@ -386,14 +374,8 @@ struct TooLarge {
 }
 
 /// The [`TooLarge`] a download failed with, if that is why.
-fn too_large(err: &StoreError) -> Option<&TooLarge> {
-    let StoreError::Permanent { source, .. } = err else {
-        return None;
-    };
-    source
-        .downcast_ref::<io::Error>()?
-        .get_ref()?
-        .downcast_ref::<TooLarge>()
+fn too_large(err: &io::Error) -> Option<&TooLarge> {
+    err.get_ref()?.downcast_ref::<TooLarge>()
 }
 
 /// Removes what killed wal-fetch and wal-prefetch processes left behind:
@@ -533,7 +515,8 @@ mod tests {
     use crate::cli::GlobalArgs;
     use crate::config::Settings;
     use crate::storage::{
-        GetResult, ObjectMeta, PutOptions, PutPayload, RetryPolicy, RetryingStore, Store,
+        GetOptions, GetResult, ObjectMeta, PutOptions, PutPayload, RetryPolicy, RetryingStore,
+        Store,
     };
     use async_trait::async_trait;
     use futures_util::stream::BoxStream;
@@ -551,7 +534,7 @@ mod tests {
         async fn put(&self, key: &str, _: PutPayload, _: &PutOptions) -> Result<(), StoreError> {
             Err(StoreError::transient("put", key, "connection refused"))
         }
-        async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        async fn get_opts(&self, key: &str, _: &GetOptions) -> Result<GetResult, StoreError> {
             self.gets.fetch_add(1, Ordering::SeqCst);
             Err(StoreError::transient("get", key, "connection refused"))
         }

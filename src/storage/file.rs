@@ -18,13 +18,15 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::durable::sync_dir;
 use crate::error::UserError;
 
-use super::{GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError};
+use super::{
+    GetOptions, GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
+};
 
 const TEMP_PREFIX: &str = ".wal-e-tmp.";
 /// Object metadata is kept in extended attributes of this namespace.
@@ -199,15 +201,26 @@ fn classify_put(key: &str, err: io::Error) -> StoreError {
     }
 }
 
-/// A file's size and modification time; a file system that records no time
-/// is an error (1970-01-01 instead would silently change which backup is
-/// LATEST).
+/// A file's size, modification time and version; a file system that
+/// records no time is an error (1970-01-01 instead would silently change
+/// which backup is LATEST).
 fn meta_of(key: String, md: &std::fs::Metadata) -> io::Result<ObjectMeta> {
+    use std::os::unix::fs::MetadataExt;
+    // A put renames a new file into place: another inode, and almost
+    // always another size or mtime.
+    let version = format!(
+        "{}-{}-{}.{:09}",
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec()
+    );
     Ok(ObjectMeta {
         key,
         size: md.len(),
         last_modified: md.modified().map(DateTime::<Utc>::from)?,
         metadata: Metadata::new(),
+        version: Some(version),
     })
 }
 
@@ -421,15 +434,30 @@ impl Store for FileStore {
         .map_err(|e| StoreError::permanent("put", key, e))?
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         let (file, meta) = self
             .open_object("get", key, |path| parent_of(path).to_path_buf())
             .await?;
-        Ok(GetResult {
-            meta,
-            stream: ReaderStream::with_capacity(tokio::fs::File::from_std(file), READ_CHUNK)
-                .boxed(),
-        })
+        options.check_version(key, meta.version.as_deref())?;
+        if options.range_start > meta.size {
+            return Err(StoreError::permanent(
+                "get",
+                key,
+                format!(
+                    "asked for the object from byte {}, but it has {} bytes",
+                    options.range_start, meta.size
+                ),
+            ));
+        }
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(io::SeekFrom::Start(options.range_start))
+            .await
+            .map_err(|e| classify("get", key, e))?;
+        let owned = key.to_string();
+        let stream = ReaderStream::with_capacity(file, READ_CHUNK)
+            .map(move |chunk| chunk.map_err(|e| classify("get", &owned, e).into()))
+            .boxed();
+        Ok(GetResult { meta, stream })
     }
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {

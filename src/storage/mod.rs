@@ -29,7 +29,7 @@ use crate::config::{Env, Scheme, Settings};
 use crate::error::UserError;
 
 pub use file::FileStore;
-pub use retry::{RetryPolicy, RetryingStore, retry};
+pub use retry::{RetryPolicy, RetryingStore};
 pub use s3::PART_SIZE as S3_PART_SIZE;
 pub use swift::{AuthVersion, Credentials, Interface, SwiftSettings, SwiftStore};
 pub use wabs::BLOCK_SIZE as WABS_BLOCK_SIZE;
@@ -62,6 +62,11 @@ pub enum StoreError {
     /// The data being uploaded could not be produced (e.g. a local read failed).
     #[error("could not read the data to upload to {key}: {source}")]
     Payload { key: String, source: io::Error },
+    /// The object is no longer the version a download began with: it was
+    /// replaced or deleted midway. The download stops rather than join the
+    /// bytes of two versions.
+    #[error("object {key} changed while it was being downloaded (replaced or deleted)")]
+    Changed { key: String },
     /// Some keys of a batch delete failed: (key, reason) for each.
     #[error("{} object(s) could not be deleted, first: {} ({})", .failures.len(), .failures[0].0, .failures[0].1)]
     DeleteFailed { failures: Vec<(String, String)> },
@@ -197,6 +202,82 @@ pub struct ObjectMeta {
     /// The object's user metadata from `head` and `get`; empty in listings
     /// (no service lists it) and where the store keeps none.
     pub metadata: Metadata,
+    /// What identifies this content of the object, for [`GetOptions::if_match`]
+    /// (the ETag; size, mtime and inode on `file://`). Every backend's `get`
+    /// sets it; listings and lookups may not.
+    pub version: Option<String>,
+}
+
+/// Which part of which version of an object a `get` downloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// The first byte wanted: the download is the object's tail from here.
+    pub range_start: u64,
+    /// Only this [`ObjectMeta::version`]: any other fails with
+    /// [`StoreError::Changed`] (`If-Match`, and checked on the answer too).
+    pub if_match: Option<String>,
+}
+
+impl GetOptions {
+    /// The `Range` header asking for the tail, for a download that does not
+    /// start at the first byte.
+    pub(crate) fn range_header(&self) -> Option<String> {
+        (self.range_start > 0).then(|| format!("bytes={}-", self.range_start))
+    }
+
+    /// Fails with [`StoreError::Changed`] unless the object is the version
+    /// asked for: a server that ignores `If-Match` is caught here.
+    pub(crate) fn check_version(&self, key: &str, version: Option<&str>) -> Result<(), StoreError> {
+        match &self.if_match {
+            Some(wanted) if version != Some(wanted.as_str()) => Err(StoreError::Changed {
+                key: key.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks an HTTP store's answer (its version, `Content-Range` and
+    /// `Content-Length`) and returns the size of the whole object, when the
+    /// answer says it. An answer that does not start at `range_start` (a
+    /// server that ignores `Range` sends the whole object) is refused: it
+    /// must never be joined onto bytes already delivered.
+    pub(crate) fn check_answer(
+        &self,
+        key: &str,
+        version: Option<&str>,
+        content_range: Option<&str>,
+        content_length: Option<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.check_version(key, version)?;
+        match content_range.map(parse_content_range) {
+            Some(Some((start, total))) if start == self.range_start => Ok(total),
+            None if self.range_start == 0 => Ok(content_length),
+            _ => Err(StoreError::permanent(
+                "get",
+                key,
+                format!(
+                    "asked for the object from byte {}, the store answered with {}",
+                    self.range_start,
+                    content_range.map_or("the whole object".to_string(), |r| format!(
+                        "the range {r:?}"
+                    ))
+                ),
+            )),
+        }
+    }
+}
+
+/// `bytes FIRST-LAST/TOTAL` (TOTAL may be `*`): the first byte, and the
+/// total size when given.
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let (range, total) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
+    let total = match total {
+        "*" => None,
+        n => Some(n.parse::<u64>().ok().filter(|total| last < *total)?),
+    };
+    (first <= last).then_some((first, total))
 }
 
 /// Whether a put may replace an existing object.
@@ -293,7 +374,15 @@ pub trait Store: Send + Sync + fmt::Debug {
         options: &PutOptions,
     ) -> Result<(), StoreError>;
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError>;
+    /// The whole object.
+    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+        self.get_opts(key, &GetOptions::default()).await
+    }
+
+    /// The object's tail from `options.range_start`, of the version
+    /// `options.if_match` names if given. `meta.size` is the size of the
+    /// whole object; the stream checks it delivers the whole tail.
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError>;
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError>;
 
@@ -398,6 +487,57 @@ mod tests {
                 .collect::<Vec<_>>(),
         )
         .boxed()
+    }
+
+    #[test]
+    fn content_ranges_parse() {
+        assert_eq!(parse_content_range("bytes 0-9/10"), Some((0, Some(10))));
+        assert_eq!(parse_content_range("bytes 7-9/*"), Some((7, None)));
+        for bad in [
+            "bytes 5-4/10",
+            "bytes 0-10/10",
+            "bytes */10",
+            "0-9/10",
+            "bytes 0-9",
+        ] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers_must_be_the_version_and_range_asked_for() {
+        let whole = GetOptions::default();
+        assert_eq!(whole.range_header(), None);
+        assert_eq!(
+            whole.check_answer("k", None, None, Some(10)).unwrap(),
+            Some(10)
+        );
+        assert_eq!(
+            whole
+                .check_answer("k", None, Some("bytes 0-3/10"), Some(4))
+                .unwrap(),
+            Some(10)
+        );
+        let tail = GetOptions {
+            range_start: 4,
+            if_match: Some("\"v1\"".into()),
+        };
+        assert_eq!(tail.range_header().as_deref(), Some("bytes=4-"));
+        let answer = |version, range| tail.check_answer("k", version, range, Some(6));
+        assert_eq!(
+            answer(Some("\"v1\""), Some("bytes 4-9/10")).unwrap(),
+            Some(10)
+        );
+        for version in [Some("\"v2\""), None] {
+            let err = answer(version, Some("bytes 4-9/10")).unwrap_err();
+            assert!(matches!(err, StoreError::Changed { .. }), "{err:?}");
+        }
+        // The whole object, or another range, instead of the tail.
+        for range in [None, Some("bytes 0-9/10")] {
+            let err = answer(Some("\"v1\""), range).unwrap_err();
+            assert!(matches!(err, StoreError::Permanent { .. }), "{err:?}");
+            assert!(err.to_string().contains("from byte 4"), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -32,11 +32,13 @@ use async_trait::async_trait;
 use azure_core::credentials::Secret;
 use azure_core::error::ErrorKind;
 use azure_core::http::policies::{Policy, PolicyResult};
-use azure_core::http::{ClientOptions, Context, Etag, Request, RetryOptions, Transport, Url};
+use azure_core::http::{
+    ClientOptions, Context, Etag, Request, RetryOptions, StatusCode, Transport, Url,
+};
 use azure_storage_blob::models::{
     BlobClientDownloadOptions, BlobClientGetPropertiesResultHeaders,
     BlobContainerClientListBlobsOptions, BlockBlobClientCommitBlockListOptions,
-    BlockBlobClientUploadOptions, BlockLookupList,
+    BlockBlobClientUploadOptions, BlockLookupList, HttpRange,
 };
 use azure_storage_blob::{BlobClient, BlobContainerClient, BlobContainerClientOptions};
 use bytes::{Bytes, BytesMut};
@@ -44,8 +46,8 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::{
-    GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
-    metadata_from, metadata_map,
+    GetOptions, GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store,
+    StoreError, metadata_from, metadata_map,
 };
 use crate::config::{Env, Settings};
 use crate::error::UserError;
@@ -401,6 +403,13 @@ impl WabsStore {
     }
 }
 
+/// A download's `If-Match` failed: the blob is no longer that version.
+fn changed(key: &str, err: &azure_core::Error) -> Option<StoreError> {
+    (err.http_status() == Some(StatusCode::PreconditionFailed)).then(|| StoreError::Changed {
+        key: key.to_string(),
+    })
+}
+
 /// A blob's time as the service gave it. A missing or impossible one is an
 /// error: 1970-01-01 in its place would silently change which backup is LATEST.
 fn last_modified(
@@ -527,39 +536,53 @@ impl Store for WabsStore {
             .map_err(|e| self.classify_put(key, create, e))
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         let opts = BlobClientDownloadOptions {
             parallel: NonZero::new(DOWNLOAD_CONCURRENCY),
             partition_size: NonZero::new(BLOCK_SIZE),
+            range: (options.range_start > 0).then(|| HttpRange::from_offset(options.range_start)),
+            if_match: options.if_match.clone().map(Etag::from),
             ..Default::default()
         };
-        let result = self
-            .blob(key)
-            .download(Some(opts))
-            .await
-            .map_err(|e| self.classify("get", key, e))?;
-        // A ranged first response says the whole size after the slash.
-        let size = result
-            .headers
-            .get_optional_str(&"content-range".into())
-            .and_then(|r| r.rsplit('/').next())
-            .and_then(|total| total.parse().ok())
-            .or(result.properties.content_length);
+        let result =
+            self.blob(key)
+                .download(Some(opts))
+                .await
+                .map_err(|e| match changed(key, &e) {
+                    Some(changed) => changed,
+                    None => self.classify("get", key, e),
+                })?;
+        let version = result.properties.etag.as_ref().map(ToString::to_string);
+        // The SDK's first request is ranged: the answer says the whole size
+        // after the slash.
+        let size = options.check_answer(
+            key,
+            version.as_deref(),
+            result.headers.get_optional_str(&"content-range".into()),
+            result.properties.content_length,
+        )?;
         let meta = ObjectMeta {
             key: key.to_string(),
             size: size.unwrap_or(0),
             last_modified: last_modified("get", key, result.properties.last_modified)?,
             metadata: metadata_from(&result.properties.metadata),
+            version,
         };
         let key_owned = key.to_string();
         let body = result
             .body
             .map(move |chunk| {
-                chunk.map_err(|e| StoreError::transient("get", &key_owned, describe(&e)).into())
+                chunk.map_err(|e| {
+                    // The SDK pins its further ranges to the first one's ETag.
+                    changed(&key_owned, &e)
+                        .unwrap_or_else(|| StoreError::transient("get", &key_owned, describe(&e)))
+                        .into()
+                })
             })
             .boxed();
         // The SDK's ranged download does not check the total it delivers.
-        let stream = super::checked_length(body, size, key);
+        let tail = size.map(|size| size - options.range_start);
+        let stream = super::checked_length(body, tail, key);
         Ok(GetResult { meta, stream })
     }
 
@@ -575,6 +598,7 @@ impl Store for WabsStore {
             size: rsp.content_length().map_err(header)?.unwrap_or(0),
             last_modified: last_modified("head", key, rsp.last_modified().map_err(header)?)?,
             metadata: metadata_from(rsp.metadata().map_err(header)?),
+            version: None,
         })
     }
 
@@ -612,6 +636,7 @@ impl Store for WabsStore {
                                     last_modified,
                                     key,
                                     metadata: Metadata::new(),
+                                    version: None,
                                 },
                             ))
                         }

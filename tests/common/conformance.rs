@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use wal_e::ByteStream;
-use wal_e::storage::{PutOptions, PutPayload, Store, StoreError};
+use wal_e::storage::{GetOptions, PutOptions, PutPayload, Store, StoreError};
 
 /// Deterministic, incompressible-looking test data of any length, produced in
 /// chunks so large objects never sit in memory whole.
@@ -364,10 +364,67 @@ pub async fn payload_streams_are_not_polled_after_their_end(store: &dyn Store, b
     }
 }
 
+/// A download can start at any byte of the version it names, as a resumed
+/// one does; another version is refused, never joined onto the first's bytes.
+pub async fn ranged_gets_return_the_tail_of_that_version_only(store: &dyn Store, base: &str) {
+    // Larger than one Azure download partition (4 MiB), below S3's part size.
+    let len: u64 = 5 * 1024 * 1024 + 3;
+    let key = format!("{base}ranged/obj");
+    store
+        .put(&key, pattern_payload(len, 11), &PutOptions::default())
+        .await
+        .unwrap();
+    let whole = store.get(&key).await.unwrap();
+    let version = whole.meta.version.clone();
+    assert!(version.is_some(), "{key}: get names the version");
+    let all = whole.bytes().await.unwrap();
+    assert_eq!(all.len() as u64, len);
+
+    for start in [1, 4 * 1024 * 1024 + 1, len - 1] {
+        let tail = store
+            .get_opts(
+                &key,
+                &GetOptions {
+                    range_start: start,
+                    if_match: version.clone(),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{key} from {start}: {e}"));
+        assert_eq!(tail.meta.size, len, "the size of the whole object");
+        assert_eq!(tail.meta.version, version);
+        let got = tail.bytes().await.unwrap();
+        assert!(got == all[start as usize..], "{key}: the tail from {start}");
+    }
+
+    // Replaced by other content: the old version is gone.
+    store
+        .put(&key, pattern_payload(len, 12), &PutOptions::default())
+        .await
+        .unwrap();
+    for start in [0, 1000] {
+        let stale = store
+            .get_opts(
+                &key,
+                &GetOptions {
+                    range_start: start,
+                    if_match: version.clone(),
+                },
+            )
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Changed { .. })),
+            "{key} from {start}: {:?}",
+            stale.map(|g| g.meta)
+        );
+    }
+}
+
 /// Runs every check; `base` is a fresh key prefix ending in `/`.
 pub async fn run_all(store: Arc<dyn Store>, base: &str) {
     round_trips_of_various_sizes(&*store, base).await;
     missing_objects_are_not_found(&*store, base).await;
+    ranged_gets_return_the_tail_of_that_version_only(&*store, base).await;
     create_only_put_reports_already_exists(&*store, base).await;
     metadata_is_kept_with_the_object(&*store, base).await;
     listing_pages_through_many_keys(&*store, base).await;

@@ -267,6 +267,18 @@ pub struct Faults {
     pub hang_part_uploads: AtomicBool,
     /// AbortMultipartUpload requests the server answered with success.
     pub multipart_aborts: AtomicU64,
+    /// Requests whose path and query contain the text fail like
+    /// `fail_every`'s, the first `n` of them (`u64::MAX`: all).
+    pub fail_matching: Mutex<Option<(String, u64)>>,
+    /// The first GET whose path contains the text gets only the first half
+    /// of its body, then the connection is closed.
+    pub cut_body_of: Mutex<Option<String>>,
+    /// Where that body was cut, and the object's ETag.
+    pub cut: Mutex<Option<Cut>>,
+    /// Every GET passed on: path, `Range` and `If-Match`.
+    pub gets: Mutex<Vec<SeenGet>>,
+    /// Requests per method and path ("GET /bucket/key"), spoiled or not.
+    pub per_object: Mutex<HashMap<String, u64>>,
     pub requests: AtomicU64,
     pub failed: AtomicU64,
     /// Requests that asked for server-side encryption.
@@ -274,6 +286,48 @@ pub struct Faults {
     /// The regions requests were signed for.
     pub signing_regions: Mutex<BTreeSet<String>>,
     pub conditional_rejected: AtomicU64,
+}
+
+impl Faults {
+    /// The most requests any one method and path got, and that method and path.
+    pub fn most_per_object(&self) -> (u64, String) {
+        let counts = self.per_object.lock().unwrap();
+        counts
+            .iter()
+            .map(|(k, n)| (*n, k.clone()))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+/// A body the proxy cut: the bytes it sent, and the object's ETag.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub at: u64,
+    pub etag: Option<String>,
+}
+
+/// A GET as the proxy saw it.
+#[derive(Debug, Clone)]
+pub struct SeenGet {
+    pub path: String,
+    pub range: Option<String>,
+    pub if_match: Option<String>,
+}
+
+/// The first half of `body`, then an error, which makes the server close
+/// the connection: the client sees the body end early.
+fn cut_in_half(body: Bytes) -> Body {
+    use futures_util::StreamExt;
+    let half = body.slice(..body.len() / 2);
+    let frames = futures_util::stream::iter([Ok(hyper::body::Frame::data(half))]).chain(
+        futures_util::stream::once(async {
+            // One turn for the server to write the half out first.
+            tokio::task::yield_now().await;
+            Err::<hyper::body::Frame<Bytes>, BoxError>("body cut by the test proxy".into())
+        }),
+    );
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
 }
 
 /// A proxy on 127.0.0.1 in front of the S3 server that spoils requests in a
@@ -320,13 +374,54 @@ impl FaultProxy {
                         .unwrap()
                         .insert(region.to_string());
                 }
+                let path = req.uri().path().to_string();
+                *faults
+                    .per_object
+                    .lock()
+                    .unwrap()
+                    .entry(format!("{} {path}", req.method()))
+                    .or_default() += 1;
+                let header = |name: &str| {
+                    req.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let is_get = req.method() == hyper::Method::GET;
+                if is_get {
+                    faults.gets.lock().unwrap().push(SeenGet {
+                        path: path.clone(),
+                        range: header("range"),
+                        if_match: header("if-match"),
+                    });
+                }
+                let matched = {
+                    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+                    let mut rule = faults.fail_matching.lock().unwrap();
+                    match rule.as_mut() {
+                        Some((text, left)) if *left > 0 && target.contains(text.as_str()) => {
+                            *left -= 1;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
                 let every = faults.fail_every.load(Ordering::SeqCst);
-                if every > 0 && n % every == 0 {
+                if matched || (every > 0 && n % every == 0) {
                     let k = faults.failed.fetch_add(1, Ordering::SeqCst);
                     return if k % 2 == 0 { slow_down() } else { Reply::Drop };
                 }
-                let path = req.uri().path().trim_matches('/').to_string();
-                let is_object = path.contains('/');
+                let is_object = path.trim_matches('/').contains('/');
+                let cut = is_get && {
+                    let mut cut = faults.cut_body_of.lock().unwrap();
+                    let hit = cut
+                        .as_ref()
+                        .is_some_and(|text| path.contains(text.as_str()));
+                    if hit {
+                        *cut = None;
+                    }
+                    hit
+                };
                 let head_status = faults.object_head_status.load(Ordering::SeqCst);
                 if req.method() == hyper::Method::HEAD && is_object && head_status != 0 {
                     return full(StatusCode::from_u16(head_status).unwrap(), &[], "");
@@ -393,6 +488,21 @@ impl FaultProxy {
                             parts
                                 .headers
                                 .insert("x-amz-bucket-region", region.parse().unwrap());
+                        }
+                        if cut {
+                            let Ok(whole) = body.collect().await else {
+                                return Reply::Drop;
+                            };
+                            let whole = whole.to_bytes();
+                            *faults.cut.lock().unwrap() = Some(Cut {
+                                at: whole.len() as u64 / 2,
+                                etag: parts
+                                    .headers
+                                    .get("etag")
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string),
+                            });
+                            return Reply::Respond(Response::from_parts(parts, cut_in_half(whole)));
                         }
                         Reply::Respond(Response::from_parts(
                             parts,

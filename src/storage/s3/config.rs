@@ -22,11 +22,13 @@ use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use crate::config::{AwsCredentialSource, Env, Settings};
 use crate::error::UserError;
 
-/// Attempts the SDK makes per request before an error reaches
-/// [`crate::storage::RetryingStore`]: enough to ride out a reset connection
-/// or one `SlowDown` without restarting a whole multipart upload, few enough
-/// that the two layers multiply to a bounded number of requests.
-const SDK_ATTEMPTS: u32 = 3;
+/// The SDK sends each request once: a request is one attempt of
+/// [`crate::storage::RetryingStore`], which alone retries (`WALE_RETRIES`
+/// attempts per object).
+const SDK_ATTEMPTS: u32 = 1;
+/// Attempts of a request that is only a piece of one attempt (see
+/// [`piece_retries`]).
+const PIECE_ATTEMPTS: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for one request to be sent and answered (a part is at most
 /// [`super::PART_SIZE`] bytes).
@@ -314,6 +316,16 @@ fn credentials_provider(
             )
         }
     })
+}
+
+/// For requests that are a piece of one attempt, a part of a multipart
+/// upload or the abort of a failed one, and for the region probe, which no
+/// store operation covers: the SDK's standard retries (backoff with jitter,
+/// longer for throttling), so that a reset or a `SlowDown` in one part does
+/// not restart a whole upload of up to 1.5 GiB.
+pub fn piece_retries() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::new()
+        .retry_config(RetryConfig::standard().with_max_attempts(PIECE_ATTEMPTS))
 }
 
 /// The SDK client for `cfg` signing for `region`.

@@ -25,13 +25,15 @@
 //!   the end of the archive. Throttling, `5xx`, timeouts and broken
 //!   connections are transient; everything else (bad credentials, a missing
 //!   bucket) is permanent.
-//! * Retries: the SDK's standard mode tries each request up to three times
-//!   (exponential backoff with jitter, longer for throttling, and a retry
-//!   quota per client that stops retrying when most requests fail), which
-//!   rides out a reset or a `SlowDown` inside one part of a multipart upload;
-//!   `RetryingStore` then retries whole operations with WAL-E's backoff, up
-//!   to `WALE_RETRIES` times. At most 3 × `WALE_RETRIES` requests per
-//!   operation, never a storm.
+//! * Retries: `RetryingStore` alone retries, with WAL-E's backoff, up to
+//!   `WALE_RETRIES` attempts per object; the SDK sends each request once. A
+//!   download whose body breaks off resumes with a ranged GET pinned to the
+//!   object's ETag (`If-Match`, also checked on the answer, since some
+//!   servers ignore it). The exception is a piece of one attempt: each part
+//!   of a multipart upload (and the abort of a failed one) keeps the SDK's
+//!   standard three tries (exponential backoff with jitter, longer for
+//!   throttling), so a reset or a `SlowDown` in one part does not restart
+//!   the whole upload; the region probe, outside any store operation, too.
 
 mod config;
 
@@ -57,8 +59,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::{
-    GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
-    metadata_from, metadata_map,
+    GetOptions, GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store,
+    StoreError, metadata_from, metadata_map,
 };
 use crate::ByteStream;
 use crate::config::{Env, Settings};
@@ -395,6 +397,8 @@ async fn abort_upload(client: &Client, bucket: &str, key: &str, upload_id: &str)
         .bucket(bucket)
         .key(key)
         .upload_id(upload_id)
+        .customize()
+        .config_override(config::piece_retries())
         .send()
         .await;
     if let Err(e) = result {
@@ -438,7 +442,14 @@ async fn resolve_region(cfg: &S3Config, shared: &config::Shared) -> Result<Strin
         return Ok(DEFAULT_REGION.to_string());
     }
     let probe = config::client(cfg, DEFAULT_REGION, shared);
-    let found = match probe.head_bucket().bucket(&cfg.bucket).send().await {
+    let found = match probe
+        .head_bucket()
+        .bucket(&cfg.bucket)
+        .customize()
+        .config_override(config::piece_retries())
+        .send()
+        .await
+    {
         Ok(out) => out.bucket_region().map(str::to_string),
         Err(SdkError::ServiceError(e)) => e
             .raw()
@@ -544,6 +555,7 @@ impl S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 last_modified: last_modified("head", key, out.last_modified())?,
                 metadata: metadata_from(out.metadata().into_iter().flatten()),
+                version: None,
             }),
             Err(e) => Err(classify(e).into_store_error("head", key)),
         }
@@ -710,6 +722,8 @@ impl S3Store {
             let task_key = key.to_string();
             tasks.spawn(async move {
                 let out = part
+                    .customize()
+                    .config_override(config::piece_retries())
                     .send()
                     .await
                     .map_err(|e| classify(e).into_store_error("put", &task_key))?;
@@ -798,6 +812,7 @@ impl S3Store {
                                 size: o.size().unwrap_or(0).max(0) as u64,
                                 last_modified,
                                 metadata: Metadata::new(),
+                                version: None,
                             }
                         }),
                     )
@@ -921,18 +936,26 @@ impl Store for S3Store {
             .await
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         let out = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .set_range(options.range_header())
+            .set_if_match(options.if_match.clone())
             .send()
             .await;
         let out = match out {
             Ok(out) => out,
             Err(e) => {
-                return match classify(e).into_store_error("get", key) {
+                let failure = classify(e);
+                if matches!(failure.class, Class::PreconditionFailed) {
+                    return Err(StoreError::Changed {
+                        key: key.to_string(),
+                    });
+                }
+                return match failure.into_store_error("get", key) {
                     StoreError::NotFound { key } => {
                         self.confirm_bucket("get", &key).await?;
                         Err(StoreError::NotFound { key })
@@ -941,15 +964,25 @@ impl Store for S3Store {
                 };
             }
         };
+        let version = out.e_tag().map(str::to_string);
+        let size = options.check_answer(
+            key,
+            version.as_deref(),
+            out.content_range(),
+            out.content_length().map(|n| n.max(0) as u64),
+        )?;
         let meta = ObjectMeta {
             key: key.to_string(),
-            size: out.content_length().unwrap_or(0).max(0) as u64,
+            size: size.unwrap_or(0),
             last_modified: last_modified("get", key, out.last_modified())?,
             metadata: metadata_from(out.metadata().into_iter().flatten()),
+            version,
         };
+        let body = body_stream(key.to_string(), out.body);
+        let tail = size.map(|size| size - options.range_start);
         Ok(GetResult {
             meta,
-            stream: body_stream(key.to_string(), out.body),
+            stream: super::checked_length(body, tail, key),
         })
     }
 

@@ -33,14 +33,17 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LAST_MODIFIED};
+use reqwest::header::{
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED,
+    RANGE,
+};
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::OnceCell;
 
 use super::{
-    GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store, StoreError,
-    metadata_from,
+    GetOptions, GetResult, Metadata, ObjectMeta, PutMode, PutOptions, PutPayload, Store,
+    StoreError, metadata_from,
 };
 use crate::config::Env;
 use crate::error::UserError;
@@ -504,26 +507,51 @@ impl Store for SwiftStore {
         Ok(())
     }
 
-    async fn get(&self, key: &str) -> Result<GetResult, StoreError> {
+    async fn get_opts(&self, key: &str, options: &GetOptions) -> Result<GetResult, StoreError> {
         check_key("get", key)?;
         let resp = self
-            .send("get", key, |s| self.client.get(self.object_url(s, key)))
+            .send("get", key, |s| {
+                let mut req = self.client.get(self.object_url(s, key));
+                if let Some(range) = options.range_header() {
+                    req = req.header(RANGE, range);
+                }
+                if let Some(version) = &options.if_match {
+                    req = req.header(IF_MATCH, version);
+                }
+                req
+            })
             .await?;
         let status = resp.status();
         if status == StatusCode::NOT_FOUND {
             return Err(self.not_found("get", key).await);
         }
+        if status == StatusCode::PRECONDITION_FAILED && options.if_match.is_some() {
+            return Err(StoreError::Changed {
+                key: key.to_string(),
+            });
+        }
         if !status.is_success() {
             return Err(status_error("get", key, resp).await);
         }
-        let meta = meta_from_headers("get", key, resp.headers())?;
-        let announced = resp.content_length();
+        let mut meta = meta_from_headers("get", key, resp.headers())?;
+        let content_range = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok());
+        let size = options.check_answer(
+            key,
+            meta.version.as_deref(),
+            content_range,
+            resp.content_length(),
+        )?;
+        meta.size = size.unwrap_or(0);
         let owned = key.to_string();
         let body = resp
             .bytes_stream()
             .map_err(move |e| io::Error::from(http_error("get", &owned, e)))
             .boxed();
-        let stream = super::checked_length(body, announced, key);
+        let tail = size.map(|size| size - options.range_start);
+        let stream = super::checked_length(body, tail, key);
         Ok(GetResult { meta, stream })
     }
 
@@ -638,6 +666,7 @@ impl SwiftStore {
                     key: e.name,
                     size: e.bytes,
                     metadata: Metadata::new(),
+                    version: None,
                 })
             })
             .collect()
@@ -776,6 +805,7 @@ fn meta_from_headers(
         size,
         last_modified,
         metadata,
+        version: header(ETAG).map(str::to_string),
     })
 }
 
