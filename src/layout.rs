@@ -350,6 +350,11 @@ pub struct Sentinel {
     pub expanded_size_bytes: u64,
     #[serde(default)]
     pub spec: RestoreSpec,
+    /// How many partitions the backup has, the last one included. Written
+    /// by this implementation (WAL-E ignores the key, and did not write it),
+    /// checked by backup-fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_count: Option<u32>,
 }
 
 impl Sentinel {

@@ -346,6 +346,27 @@ fn a_killed_session_fails_the_backup_fast() {
     assert!(setup.sentinels().is_empty());
 }
 
+/// backup-fetch LATEST into `restored/` (with `pg`'s configuration), then
+/// recovery through wal-fetch to the end of the archive, not archiving.
+fn restore_latest_and_recover(setup: &Setup, pg: &Cluster) -> Cluster {
+    let restored_dir = setup.path().join("restored");
+    let out = setup.wal_e(
+        pg,
+        &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    copy_config(&pg.data_dir, &restored_dir);
+    let restored = Cluster::existing(restored_dir);
+    restored.append_conf(&format!(
+        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
+        setup.wal_e_env()
+    ));
+    restored.touch("recovery.signal");
+    restored.start();
+    restored.wait_for_recovery_end(TIMEOUT);
+    restored
+}
+
 /// Copies the configuration files a backup leaves out (as WAL-E did).
 fn copy_config(from: &Path, to: &Path) {
     for conf in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
@@ -494,21 +515,7 @@ fn after_retain_1_the_remaining_backup_restores_and_recovers() {
         .count();
     assert!(wal_left > 0);
 
-    let restored_dir = setup.path().join("restored");
-    let out = setup.wal_e(
-        &pg,
-        &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    copy_config(&pg.data_dir, &restored_dir);
-    let restored = Cluster::existing(restored_dir);
-    restored.append_conf(&format!(
-        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
-        setup.wal_e_env()
-    ));
-    restored.touch("recovery.signal");
-    restored.start();
-    restored.wait_for_recovery_end(TIMEOUT);
+    let restored = restore_latest_and_recover(&setup, &pg);
     assert_eq!(
         restored.psql("SELECT string_agg(note, ',' ORDER BY note) FROM marker"),
         "after the second backup,between the backups"
@@ -767,21 +774,7 @@ fn retention_after_a_point_in_time_restore_keeps_the_running_timelines_backup() 
     );
 
     // LATEST is C; recovery follows timeline 2 to the end of the archive.
-    let restored_dir = setup.path().join("restored");
-    let out = setup.wal_e(
-        &pg,
-        &["backup-fetch", restored_dir.to_str().unwrap(), "LATEST"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    copy_config(&pg.data_dir, &restored_dir);
-    let restored = Cluster::existing(restored_dir);
-    restored.append_conf(&format!(
-        "archive_mode = off\nrestore_command = '{} wal-fetch \"%f\" \"%p\"'\n",
-        setup.wal_e_env()
-    ));
-    restored.touch("recovery.signal");
-    restored.start();
-    restored.wait_for_recovery_end(TIMEOUT);
+    let restored = restore_latest_and_recover(&setup, &pg);
     assert_eq!(
         restored.psql("SELECT string_agg(note, ',' ORDER BY id) FROM rows"),
         expected
@@ -914,4 +907,98 @@ fn backup_push_writes_no_sentinel_when_partitions_or_wal_went_missing() {
     );
     assert!(stderr(&out).contains(&current), "{}", stderr(&out));
     assert!(setup.sentinels().is_empty());
+}
+
+/// backup-fetch restores only into an empty directory, and only a backup
+/// whose partitions are all there, the last one delivering backup_label
+/// and global/pg_control. Fails on main, which restored a backup missing
+/// its last partition over an earlier restore with exit 0: the old
+/// pg_control and backup_label made the mix look startable.
+#[test]
+fn backup_fetch_needs_an_empty_directory_and_every_partition() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 50000) g");
+    pg.psql("CHECKPOINT");
+    let out = Command::new(wal_e_bin())
+        .args(["backup-push", pg.data_dir.to_str().unwrap()])
+        .env("WALE_FILE_PREFIX", setup.prefix())
+        .env("WALE_LOG_DESTINATION", "stderr")
+        .env("WALE_TEST_PARTITION_MAX_BYTES", "8000000")
+        .envs(pg.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let name = setup.sentinels()[0]
+        .trim_end_matches("_backup_stop_sentinel.json")
+        .to_string();
+    let backup_dir = setup.path().join("store/basebackups_005").join(&name);
+    let sentinel_path = setup
+        .path()
+        .join("store/basebackups_005")
+        .join(&setup.sentinels()[0]);
+    let sentinel: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sentinel_path).unwrap()).unwrap();
+    let count = sentinel["partition_count"].as_u64().unwrap();
+    let parts = std::fs::read_dir(backup_dir.join("tar_partitions"))
+        .unwrap()
+        .count() as u64;
+    assert_eq!(count, parts, "the sentinel records the partitions");
+    assert!(count >= 2, "{count} partitions");
+
+    // A first restore, complete.
+    let restored = setup.path().join("restored");
+    let fetch = |dir: &Path| setup.wal_e(&pg, &["backup-fetch", dir.to_str().unwrap(), &name]);
+    let out = fetch(&restored);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The last partition goes missing; a restore over the first one is
+    // refused before anything is written.
+    let last = backup_dir
+        .join("tar_partitions")
+        .join(format!("part_{:08}.tar.lzo", count - 1));
+    let last_bytes = std::fs::read(&last).unwrap();
+    std::fs::remove_file(&last).unwrap();
+    std::fs::write(restored.join("global/marker"), b"from the first restore").unwrap();
+    let before = std::fs::read(restored.join("global/pg_control")).unwrap();
+    let out = fetch(&restored);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MSG: the cluster directory is not empty"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("HINT: "), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(restored.join("global/pg_control")).unwrap(),
+        before
+    );
+    assert!(restored.join("global/marker").is_file());
+
+    // Into an empty directory: the sentinel says a partition is missing.
+    let empty = setup.path().join("empty");
+    let out = fetch(&empty);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not have the partitions its sentinel records"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!empty.join("global/pg_control").exists());
+
+    // A sentinel rewritten to match: the last partition left does not hold
+    // backup_label and pg_control, so the result is not startable and the
+    // restore fails.
+    let mut tampered = sentinel.clone();
+    tampered["partition_count"] = serde_json::json!(count - 1);
+    std::fs::write(&sentinel_path, serde_json::to_vec(&tampered).unwrap()).unwrap();
+    let other = setup.path().join("other");
+    let out = fetch(&other);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("backup_label missing"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&last, last_bytes).unwrap();
 }

@@ -42,6 +42,7 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
                 .hint("backup-list shows the backups; only those with a sentinel are complete.")
         })?
         .name;
+    check_empty(&target)?;
     let sentinel = read_sentinel(ctx, &backup).await?;
     let spec = restore_spec(&sentinel, args.restore_spec.as_deref(), &target)?;
     prepare_target(&target, &spec, args)?;
@@ -63,6 +64,19 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
                 .hint("The backup is damaged; restore another one.")
                 .into(),
         );
+    }
+    if let Some(recorded) = sentinel.partition_count
+        && recorded as usize != partitions.len()
+    {
+        return Err(UserError::new(format!(
+            "backup {backup} does not have the partitions its sentinel records"
+        ))
+        .detail(format!(
+            "The sentinel records {recorded} partitions; {} are in the store.",
+            partitions.len()
+        ))
+        .hint("The backup is damaged; restore another one.")
+        .into());
     }
     // The last partition holds backup_label and global/pg_control, which
     // make a data directory look startable: it is extracted only after all
@@ -96,17 +110,33 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
     stream::iter(partitions.into_iter().map(Ok))
         .try_for_each_concurrent(args.pool_size as usize, fetch)
         .await?;
-    fetch(last).await?;
-    if !target.join("global").join("pg_control").is_file() {
-        return Err(
-            UserError::new(format!("backup {backup} has no global/pg_control"))
-                .detail(format!(
-                    "Nothing restored {}.",
-                    target.join("global/pg_control").display()
-                ))
-                .hint("The backup is damaged or incomplete; restore another one.")
-                .into(),
-        );
+    // Ours put global/pg_control, and backup_label for an online backup (one
+    // that stopped after it started; an offline one has none), in the last
+    // partition. WAL-E put them wherever its walk met them.
+    let online = sentinel.wal_segment_backup_stop != backup.start_segment.to_string()
+        || sentinel.wal_segment_offset_backup_stop != backup.start_offset;
+    let from_last: &[&str] = match (sentinel.partition_count, online) {
+        (None, _) => &[],
+        (Some(_), true) => &["backup_label", "global/pg_control"],
+        (Some(_), false) => &["global/pg_control"],
+    };
+    let misplaced = |when: &str, file: &str| {
+        UserError::new(format!("backup {backup} has {file} {when}"))
+            .detail(format!(
+                "{} partitions; the last one, {}, must deliver {file}.",
+                last.0 + 1,
+                ctx.layout.url(&last.1)
+            ))
+            .hint("The backup is damaged or was not written by backup-push; restore another one. The data directory is not startable.")
+    };
+    if let Some(file) = from_last.iter().find(|f| target.join(f).exists()) {
+        return Err(misplaced("in a partition before the last", file).into());
+    }
+    fetch(last.clone()).await?;
+    for file in from_last.iter().chain(["global/pg_control"].iter()) {
+        if !target.join(file).is_file() {
+            return Err(misplaced("missing", file).into());
+        }
     }
     progress.finish();
     reconcile_tablespace_map(&target)?;
@@ -116,6 +146,57 @@ pub async fn run(ctx: &Context, args: &BackupFetchArgs) -> CmdResult {
         hint = "Set restore_command and create recovery.signal (recovery.conf before PostgreSQL 12) before starting the server.",
         "completed a base backup restore"
     );
+    Ok(())
+}
+
+/// Refuses a data directory that holds anything but what a restore is meant
+/// to find there, as pg_basebackup does: files of another cluster, or of an
+/// earlier restore (a backup_label and pg_control beside part of this
+/// backup's files start, then fail), would mix with the backup's. Allowed:
+/// an empty or symlinked `pg_wal` (`pg_xlog`), tablespace links in
+/// `pg_tblspc`, an empty `lost+found` of a mount point.
+fn check_empty(target: &Path) -> Result<(), UserError> {
+    let entries = match std::fs::read_dir(target) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(UserError::new("could not read the cluster directory")
+                .detail(format!("{}: {e}", target.display())));
+        }
+    };
+    let is_empty_dir = |path: &Path| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+            && std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none())
+    };
+    let only_tablespace_links = |path: &Path| {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+            && std::fs::read_dir(path).is_ok_and(|entries| {
+                entries.flatten().all(|e| {
+                    let name = e.file_name();
+                    let digits = name
+                        .to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+                    digits && e.file_type().is_ok_and(|t| t.is_symlink())
+                })
+            })
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let allowed = match name.to_str() {
+            Some("pg_wal" | "pg_xlog") => {
+                entry.file_type().is_ok_and(|t| t.is_symlink()) || is_empty_dir(&path)
+            }
+            Some("pg_tblspc") => only_tablespace_links(&path),
+            Some("lost+found") => is_empty_dir(&path),
+            _ => false,
+        };
+        if !allowed {
+            return Err(UserError::new("the cluster directory is not empty")
+                .detail(format!("{} holds {}.", target.display(), path.display()))
+                .hint("Restore into an empty directory (an empty or symlinked pg_wal and tablespace links in pg_tblspc may be there). After an interrupted restore, empty the directory and run backup-fetch again; nothing was written."));
+        }
+    }
     Ok(())
 }
 

@@ -98,6 +98,7 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
         wal_segment_offset_backup_stop: BackupName::new(stop.segment, stop.offset).start_offset,
         expanded_size_bytes: expanded_size_bytes + last_bytes,
         spec,
+        partition_count: Some(count + 1),
     };
     put_sentinel(ctx, &name, &sentinel).await?;
     tracing::info!(detail = %format!("Backup {name} is complete."), "completed a base backup");
@@ -169,6 +170,7 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
         wal_segment_offset_backup_stop: name.start_offset.clone(),
         expanded_size_bytes: expanded_size_bytes + last_bytes,
         spec,
+        partition_count: Some(count + 1),
     };
     put_sentinel(ctx, &name, &sentinel).await?;
     tracing::info!(detail = %format!("Backup {name} of the stopped cluster is complete."), "completed a base backup");

@@ -80,6 +80,7 @@ pub fn sentinel_json(stop: &str, stop_offset: &str, size: u64) -> Vec<u8> {
             tablespaces: Vec::new(),
             locations: Vec::new(),
         },
+        partition_count: None,
     }
     .to_wal_e_json()
 }
