@@ -106,7 +106,13 @@ pub async fn create_only_put_reports_already_exists(store: &dyn Store, base: &st
         matches!(second, Err(StoreError::AlreadyExists { .. })),
         "{second:?}"
     );
-    let body = store.get(&key).await.unwrap().bytes().await.unwrap();
+    let body = store
+        .get(&key)
+        .await
+        .unwrap()
+        .bytes(usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(&body[..], b"first", "create-only must not overwrite");
     // An ordinary put does replace.
     store
@@ -117,7 +123,13 @@ pub async fn create_only_put_reports_already_exists(store: &dyn Store, base: &st
         )
         .await
         .unwrap();
-    let body = store.get(&key).await.unwrap().bytes().await.unwrap();
+    let body = store
+        .get(&key)
+        .await
+        .unwrap()
+        .bytes(usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(&body[..], b"third");
 }
 
