@@ -321,3 +321,28 @@ fn restore_spec_files_that_reach_outside_are_refused() {
         assert!(!s.target.join("pg_tblspc").exists());
     }
 }
+
+/// PostgreSQL makes `pg_tblspc/<oid>` links from `tablespace_map` at
+/// startup; the restore rewrites it, keeping only OIDs.  Fails on main,
+/// which kept a line whose "OID" led out of `pg_tblspc`.
+#[test]
+fn tablespace_map_lines_that_are_not_oids_are_dropped() {
+    let s = Setup::new();
+    s.put(
+        &sentinel(no_tablespaces()),
+        &[
+            ("pg_tblspc/", tar::EntryType::Directory, "", b""),
+            ("link", tar::EntryType::Symlink, "/elsewhere", b""),
+            (
+                "tablespace_map",
+                tar::EntryType::Regular,
+                "",
+                b"../link /orig\n",
+            ),
+            PG_CONTROL,
+        ],
+    );
+    let out = s.fetch(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!s.target.join("tablespace_map").exists());
+}
