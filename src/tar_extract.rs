@@ -345,7 +345,6 @@ impl Extractor {
             // data) is skipped here, outside the header budget.
             io::copy(&mut entry, &mut io::sink()).map_err(ExtractError::Read)?;
         }
-        drop(entries);
         // Drain WAL-E's record padding and whatever the decoders still have
         // to check (lzop's end marker, the OpenPGP MDC).
         let mut rest = archive.into_inner();
