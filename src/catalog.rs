@@ -24,7 +24,9 @@ use regex_lite::Regex;
 use crate::commands::Context;
 use crate::config::Scheme;
 use crate::error::UserError;
-use crate::layout::{BASE_BACKUP_RE, BackupName, Layout, SegmentName, Sentinel, VERSION};
+use crate::layout::{
+    BASE_BACKUP_RE, BackupName, JSON_LIMIT, Layout, SegmentName, Sentinel, VERSION,
+};
 use crate::storage::{ObjectMeta, StoreError};
 
 /// What follows a backup name in its sentinel's name.
@@ -292,7 +294,7 @@ pub async fn load_details(
             let url = ctx.layout.url(&backup.sentinel_key);
             let bytes = match ctx.store.get(&backup.sentinel_key).await {
                 Ok(got) => got
-                    .bytes()
+                    .bytes(JSON_LIMIT)
                     .await
                     .map_err(|e| match StoreError::from_io(&e) {
                         Some(StoreError::NotFound { .. }) => None,

@@ -265,6 +265,17 @@ pub fn partition_file_name(number: u32) -> String {
     format!("part_{number:08}.tar.lzo")
 }
 
+/// Most bytes a sentinel or a restore spec may have: WAL-E's take a few
+/// hundred, and whoever can write to the store must not make a restore read
+/// gigabytes into memory.
+pub const JSON_LIMIT: usize = 1 << 20;
+
+/// Whether `oid` names a tablespace as `pg_tblspc/<oid>` does: decimal
+/// digits, at most a 32-bit number's ten.
+pub fn is_tablespace_oid(oid: &str) -> bool {
+    (1..=10).contains(&oid.len()) && oid.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Where a tablespace was at backup time, as recorded in the sentinel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TablespaceLocation {
@@ -291,6 +302,30 @@ impl RestoreSpec {
             .iter()
             .find(|(o, _)| o == oid)
             .map(|(_, l)| l)
+    }
+
+    /// Checks what a restore acts on: every tablespace is an OID, and where
+    /// it has a location, the link is `pg_tblspc/<oid>` and the location an
+    /// absolute path.  `Err` says what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        for oid in &self.tablespaces {
+            if !is_tablespace_oid(oid) {
+                return Err(format!("tablespace {oid:?} is not an OID (decimal digits)"));
+            }
+            if let Some(TablespaceLocation { loc, link }) = self.location(oid) {
+                if *link != format!("pg_tblspc/{oid}") {
+                    return Err(format!(
+                        "tablespace {oid} has the link {link:?}, not \"pg_tblspc/{oid}\""
+                    ));
+                }
+                if !loc.starts_with('/') {
+                    return Err(format!(
+                        "tablespace {oid} has the location {loc:?}, not an absolute path"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -111,7 +111,13 @@ async fn object_names_are_wal_e_names_quoted_for_urls() {
             )
             .await
             .unwrap();
-        let body = store.get(key).await.unwrap().bytes().await.unwrap();
+        let body = store
+            .get(key)
+            .await
+            .unwrap()
+            .bytes(usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(&body[..], key.as_bytes());
     }
     let mut want: Vec<String> = keys.iter().map(|k| k.to_string()).collect();

@@ -951,6 +951,14 @@ async fn tablespace_links_set_up_by_the_restore_are_written_through() {
 type RawEntry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
 
 fn raw_archive(entries: &[RawEntry]) -> Vec<u8> {
+    let mut out = raw_members(entries);
+    out.resize(out.len() + 1024, 0);
+    out.resize(out.len().div_ceil(10240) * 10240, 0);
+    out
+}
+
+/// The members of [`raw_archive`] without the end of the archive.
+fn raw_members(entries: &[RawEntry]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, kind, link, data) in entries {
         let mut h = tar::Header::new_gnu();
@@ -968,8 +976,6 @@ fn raw_archive(entries: &[RawEntry]) -> Vec<u8> {
         out.extend_from_slice(data);
         out.resize(out.len().div_ceil(512) * 512, 0);
     }
-    out.resize(out.len() + 1024, 0);
-    out.resize(out.len().div_ceil(10240) * 10240, 0);
     out
 }
 
@@ -1340,4 +1346,170 @@ async fn owners_are_restored_when_asked() {
     .await
     .unwrap();
     assert_eq!(fs::metadata(tmp.path().join("d2/owned")).unwrap().uid(), 0);
+}
+
+/// A stream of `first`, then — once the reader has taken all of it and asks
+/// for more, which `asked` reports — of what `rest` delivers.
+fn paused_stream(
+    first: Vec<u8>,
+    asked: tokio::sync::oneshot::Sender<()>,
+    rest: tokio::sync::oneshot::Receiver<Vec<u8>>,
+) -> ByteStream {
+    let head = stream::once(async move { Ok(Bytes::from(first)) });
+    let tail = stream::once(async move {
+        asked.send(()).unwrap();
+        Ok(Bytes::from(rest.await.unwrap()))
+    });
+    head.chain(tail).boxed()
+}
+
+/// Partitions are extracted in parallel into one tree: one makes `name` a
+/// symlink to outside after another created the directory `name` and went
+/// on.  Neither a later member under it (`tail`) nor the directory's final
+/// touches (mtime, fsync) may reach outside.  Fails on main for an empty
+/// `tail`: the directory's mtime was set through the symlink, on `outside`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_partitions_cannot_redirect_each_other_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    set_mtime(&outside, 1_000_000_000);
+    let target = outside.to_str().unwrap();
+    let dir = tar::EntryType::Directory;
+    let reg = tar::EntryType::Regular;
+    for (name, tail) in [
+        ("a", raw_members(&[("a/x", reg, "", b"pwned")])),
+        ("b", Vec::new()),
+    ] {
+        let dest = tmp.path().join(format!("dest-{name}"));
+        let (asked_tx, asked_rx) = tokio::sync::oneshot::channel();
+        let (rest_tx, rest_rx) = tokio::sync::oneshot::channel();
+        let first = raw_members(&[(&format!("{name}/"), dir, "", b"")]);
+        let stream = paused_stream(first, asked_tx, rest_rx);
+        let one_dest = dest.clone();
+        let one =
+            tokio::spawn(
+                async move { extract(stream, &one_dest, ExtractOptions::default()).await },
+            );
+        // Partition 1 has made the directory and waits for its next member.
+        asked_rx.await.unwrap();
+        assert!(dest.join(name).is_dir());
+        let zero = raw_archive(&[(name, tar::EntryType::Symlink, target, b"")]);
+        extract(bytes_stream(zero), &dest, ExtractOptions::default())
+            .await
+            .unwrap();
+        let mut rest = tail;
+        rest.resize(rest.len() + 1024, 0);
+        rest_tx.send(rest).unwrap();
+        let err = one.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ExtractError::Unsafe { .. }),
+            "{name}: {err:?}"
+        );
+        assert!(tree(&outside).is_empty(), "{name}");
+        assert_eq!(mtime(&outside), 1_000_000_000, "{name}");
+    }
+}
+
+/// Devices and FIFOs are refused, not skipped.  Fails on main, which
+/// skipped them and went on.
+#[tokio::test]
+async fn devices_and_fifos_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (i, kind) in [
+        tar::EntryType::Char,
+        tar::EntryType::Block,
+        tar::EntryType::Fifo,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dest = tmp.path().join(format!("dest{i}"));
+        let archive = raw_archive(&[
+            ("dev", kind, "", b""),
+            ("PG_VERSION", tar::EntryType::Regular, "", b"15\n"),
+        ]);
+        let err = extract(bytes_stream(archive), &dest, ExtractOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ExtractError::Unsafe { .. }),
+            "{kind:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("device"), "{err}");
+        assert!(fs::symlink_metadata(dest.join("dev")).is_err(), "{kind:?}");
+    }
+}
+
+/// Only a directory may take the WAL directory's place: a file or a hard
+/// link there would replace the operator's link (and a hard link to a
+/// symlink would be followed later).  Fails on main, which replaced the
+/// link with the file.
+#[tokio::test]
+async fn nothing_but_a_directory_takes_the_wal_directory_s_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let dest = tmp.path().join("dest");
+    fs::create_dir_all(&wal).unwrap();
+    fs::create_dir_all(&dest).unwrap();
+    symlink(&wal, dest.join("pg_wal")).unwrap();
+    put(&dest.join("file"), b"x");
+    for entries in [
+        [("pg_wal", tar::EntryType::Regular, "", &b"x"[..])],
+        [("pg_wal", tar::EntryType::Link, "file", &b""[..])],
+        [("pg_xlog", tar::EntryType::Link, "file", &b""[..])],
+    ] {
+        let err = extract(
+            bytes_stream(raw_archive(&entries)),
+            &dest,
+            ExtractOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ExtractError::Unsafe { .. }), "{err:?}");
+        assert_eq!(fs::read_link(dest.join("pg_wal")).unwrap(), wal);
+        assert!(fs::symlink_metadata(dest.join("pg_xlog")).is_err());
+    }
+}
+
+/// A PAX extended header of `len` bytes holding a `comment` record.
+fn pax_comment(len: usize) -> Vec<u8> {
+    let body_len = len - "9999999 comment=\n".len();
+    let record = format!("{len:07} comment={}\n", "c".repeat(body_len));
+    assert_eq!(record.len(), len);
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_path("PaxHeader/f").unwrap();
+    h.set_mode(0o644);
+    h.set_size(len as u64);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(record.as_bytes());
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+/// The tar reader holds long names and PAX records in memory: a member's
+/// headers may take 1 MiB, not what the archive says.  Fails on main, which
+/// read a PAX header of any size.
+#[tokio::test]
+async fn headers_larger_than_the_limit_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = raw_members(&[("f", tar::EntryType::Regular, "", b"data")]);
+    for (len, ok) in [(100_000, true), (2 << 20, false)] {
+        let mut archive = pax_comment(len);
+        archive.extend_from_slice(&file);
+        archive.resize(archive.len() + 1024, 0);
+        let dest = tmp.path().join(format!("dest{len}"));
+        let result = extract(bytes_stream(archive), &dest, ExtractOptions::default()).await;
+        if ok {
+            result.unwrap();
+            assert_eq!(fs::read(dest.join("f")).unwrap(), b"data");
+        } else {
+            let err = result.unwrap_err();
+            assert!(matches!(err, ExtractError::Read(_)), "{err:?}");
+            assert!(err.to_string().contains("exceed 1048576 bytes"), "{err}");
+            assert!(fs::symlink_metadata(dest.join("f")).is_err());
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::cli::{FileStoreEnv, fake_segment, random_bytes, stderr};
-use common::gpg::rsa_key_home;
+use common::gpg::{legacy_rsa_key_home, rsa_key_home};
 use futures_util::stream::{self, StreamExt};
 use proptest::prelude::*;
 use wal_e::pipeline::{self, DecryptionKeys, EncryptionKeys};
@@ -197,6 +197,75 @@ fn public_key_only_hosts_compare_re_archived_wal_by_digest() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The archive's old key keeps working after a migration: wal-push
+/// encrypts to a key with SHA-1 self-signatures (GnuPG 2.0's default) and
+/// warns naming SHA1; wal-fetch reads what WAL-E's gpg wrote with CAST5 or
+/// 3DES and warns naming the cipher; what gpg 2.2 refuses too (a message
+/// without integrity protection) fails with 126, saying what was refused.
+/// Fails on main: wal-push refused the key, wal-fetch called the CAST5 and
+/// 3DES archives "corrupt or truncated".
+#[test]
+fn old_keys_and_ciphers_keep_working_with_a_warning() {
+    let (home, key) = legacy_rsa_key_home();
+    let home_dir = home.path().to_str().unwrap().to_string();
+    let mut store = FileStoreEnv::new();
+    store.extra_env = vec![
+        ("GNUPGHOME".into(), home_dir.clone()),
+        ("WALE_GPG_KEY_ID".into(), key.clone()),
+    ];
+    let wal = tempfile::tempdir().unwrap();
+
+    let name = "000000010000000000000051";
+    let data = fake_segment(1 << 20, 51);
+    let path = wal.path().join(name);
+    std::fs::write(&path, &data).unwrap();
+    let out = store.run(&["wal-push", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("WARNING") && err.contains("SHA1"), "{err}");
+    let plain = shell(
+        &format!(
+            "gpg --batch -d -q < '{}' | lzop -dc",
+            store.wal_object(name).display()
+        ),
+        &[("GNUPGHOME", &home_dir)],
+    );
+    assert!(plain == data, "gpg -d | lzop -dc gives back the segment");
+
+    let dest = wal.path().join("RECOVERYXLOG");
+    let wale_push = |name: &str, gpg_options: &str| {
+        let src = wal.path().join("src");
+        std::fs::write(&src, &data).unwrap();
+        shell(
+            &format!(
+                "lzop -c < '{}' | gpg --batch -e -z 0 -r {key} --trust-model always {gpg_options} > '{}'",
+                src.display(),
+                store.wal_object(name).display()
+            ),
+            &[("GNUPGHOME", &home_dir)],
+        );
+        let _ = std::fs::remove_file(&dest);
+        store.run(&["wal-fetch", "--prefetch", "0", name, dest.to_str().unwrap()])
+    };
+    for (name, options, cipher) in [
+        ("000000010000000000000052", "", "CAST5"),
+        ("000000010000000000000053", "--cipher-algo 3DES", "3DES"),
+    ] {
+        let out = wale_push(name, options);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(std::fs::read(&dest).unwrap() == data, "{cipher}");
+        let err = stderr(&out);
+        assert!(err.contains("WARNING") && err.contains(cipher), "{err}");
+    }
+
+    let out = wale_push("000000010000000000000054", "--rfc2440");
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("refused"), "{err}");
+    assert!(err.contains("Symmetrically Encrypted Data"), "{err}");
+    assert!(!dest.exists(), "nothing is left at the destination");
 }
 
 /// Exports the public key to a file, for WALE_GPG_PUBLIC_KEY_FILE.

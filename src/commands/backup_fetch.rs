@@ -17,7 +17,9 @@ use crate::catalog;
 use crate::cli::BackupFetchArgs;
 use crate::durable::sync_dir;
 use crate::error::{CmdResult, CommandError, UserError};
-use crate::layout::{BackupName, RestoreSpec, Sentinel, TablespaceLocation, VOLUME_RE};
+use crate::layout::{
+    BackupName, JSON_LIMIT, RestoreSpec, Sentinel, TablespaceLocation, VOLUME_RE, is_tablespace_oid,
+};
 use crate::pipeline::{self, DecryptionKeys};
 use crate::progress::{self, Progress};
 use crate::tar_extract::{self, ExtractOptions};
@@ -210,7 +212,7 @@ async fn read_sentinel(ctx: &Context, backup: &BackupName) -> Result<Sentinel, C
     let got = ctx.store.get(&key).await.map_err(|e| {
         UserError::new("could not read the backup's sentinel").detail(e.to_string())
     })?;
-    let bytes = got.bytes().await.map_err(|e| {
+    let bytes = got.bytes(JSON_LIMIT).await.map_err(|e| {
         UserError::new("could not read the backup's sentinel").detail(e.to_string())
     })?;
     Sentinel::from_json(&bytes).map_err(|e| {
@@ -229,7 +231,7 @@ fn restore_spec(
 ) -> Result<RestoreSpec, UserError> {
     let mut spec = sentinel.spec.clone();
     if let Some(file) = restore_spec.filter(|f| *f != "SOURCE") {
-        let text = std::fs::read(file).map_err(|e| {
+        let text = read_at_most(Path::new(file), JSON_LIMIT).map_err(|e| {
             UserError::new("could not read the restore spec").detail(format!("{file}: {e}"))
         })?;
         let overlay: RestoreSpec = serde_json::from_slice(&text).map_err(|e| {
@@ -251,7 +253,30 @@ fn restore_spec(
         // already (or --blind-restore): nothing is created elsewhere.
         spec.locations.clear();
     }
+    // The sentinel comes from the store: whoever can write there must not
+    // get links or directories made outside the target.
+    spec.check().map_err(|why| {
+        UserError::new("refusing a restore spec that would reach outside the target")
+            .detail(format!("The backup's sentinel, with --restore-spec if given: {why}."))
+            .hint("Tablespaces are listed by OID, each with {\"loc\": \"/absolute/place/\", \"link\": \"pg_tblspc/<oid>\"}; fix the --restore-spec file; a sentinel saying this was not written by backup-push, so check who can write to the store.")
+    })?;
     Ok(spec)
+}
+
+/// Reads `path`, failing beyond `limit` bytes without reading them all.
+fn read_at_most(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut text)?;
+    if text.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes, which no restore spec is"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Creates the target (0700) and, for a restore spec, the tablespace
@@ -412,6 +437,9 @@ fn reconcile_tablespace_map(target: &Path) -> Result<(), UserError> {
     let mut lines = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         let oid = line.split(' ').next().unwrap_or_default();
+        if !is_tablespace_oid(oid) {
+            continue;
+        }
         let link = target.join("pg_tblspc").join(oid);
         if let Ok(dest) = std::fs::read_link(&link) {
             lines.push(format!("{oid} {}", dest.display()));

@@ -18,6 +18,19 @@
 //!
 //! Both work incrementally with bounded memory.
 //!
+//! # Old keys and ciphers
+//!
+//! Archives outlive keys.  Keys made by GnuPG 2.0 and older carry SHA-1
+//! self-signatures, and what `gpg -e` wrote to keys without (or with old)
+//! cipher preferences is encrypted with 3DES or CAST5; Sequoia's standard
+//! policy refuses all of these today, GnuPG 2.2 does not.  So keys and
+//! messages are checked against the standard policy widened to what GnuPG
+//! 2.2 accepts by default (see `gnupg_policy`): what only the widened policy
+//! accepts is used with a warning naming the weak algorithm; what GnuPG 2.2
+//! refuses too (MD5 self-signatures, messages without integrity protection)
+//! is refused, saying what was refused.  IDEA and ElGamal, which GnuPG
+//! also reads, are missing from the crypto backend: an error names them.
+//!
 //! # Where keys come from
 //!
 //! [`EncryptionKeys::load`] and [`DecryptionKeys::load`] take the key id
@@ -49,8 +62,8 @@
 //! When a user id matches several certificates, the first one (in keyring
 //! or file order) that has a usable encryption subkey is used, like
 //! `gpg -r`.  All of that certificate's encryption subkeys that are valid
-//! now (storage or transport encryption, under Sequoia's standard policy)
-//! become recipients.
+//! now (storage or transport encryption, under Sequoia's standard policy,
+//! else under the widened one) become recipients.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -62,6 +75,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use sequoia_openpgp as openpgp;
 
+use openpgp::cert::amalgamation::{ValidAmalgamation, ValidateAmalgamation};
 use openpgp::cert::{Cert, CertParser};
 use openpgp::crypto::{S2K, SessionKey};
 use openpgp::packet::key::SecretKeyMaterial;
@@ -72,10 +86,10 @@ use openpgp::parse::Parse;
 use openpgp::parse::stream::{
     DecryptionHelper, DecryptorBuilder, MessageLayer, MessageStructure, VerificationHelper,
 };
-use openpgp::policy::StandardPolicy;
+use openpgp::policy::{AsymmetricAlgorithm, Policy, StandardPolicy};
 use openpgp::serialize::Serialize;
 use openpgp::serialize::stream::{Encryptor, LiteralWriter, Message};
-use openpgp::types::{DataFormat, SymmetricAlgorithm};
+use openpgp::types::{DataFormat, HashAlgorithm, RevocationStatus, SymmetricAlgorithm};
 use openpgp::{KeyHandle, KeyID};
 
 /// Environment variable naming an exported public key file for encryption.
@@ -146,13 +160,11 @@ pub enum PgpError {
         origin: String,
     },
     /// The certificate exists but cannot be encrypted to.
-    #[error(
-        "OpenPGP key {key_id:?} ({fingerprints}) has no usable encryption subkey \
-         (none is valid now: expired, revoked, not encryption-capable, or rejected by policy)"
-    )]
+    #[error("OpenPGP key {key_id:?} has no usable encryption subkey: {reasons}")]
     NoEncryptionSubkey {
         key_id: String,
-        fingerprints: String,
+        /// Per certificate (fingerprint), why none of its keys is usable.
+        reasons: String,
     },
     /// Only passphrase-protected secret keys are available.
     #[error(
@@ -181,6 +193,15 @@ pub enum PgpError {
     /// The input is a valid OpenPGP message, but not an encrypted one.
     #[error("the OpenPGP message is not encrypted")]
     NotEncrypted,
+    /// The message is encrypted with a cipher the crypto backend lacks.
+    #[error(
+        "the message is encrypted with {algo}, which this build cannot decrypt; \
+         decrypt it with gpg"
+    )]
+    UnsupportedCipher { algo: SymmetricAlgorithm },
+    /// The message uses something GnuPG 2.2 refuses too.
+    #[error("the OpenPGP message was refused as insecure: {refused}")]
+    PolicyRefused { refused: String },
     /// Bad MDC, malformed packets, premature end of data, ...
     #[error("encrypted data is corrupt or truncated: {source}")]
     CorruptMessage {
@@ -208,6 +229,8 @@ impl From<PgpError> for io::Error {
         let kind = match e {
             PgpError::CorruptMessage { .. }
             | PgpError::NotEncrypted
+            | PgpError::UnsupportedCipher { .. }
+            | PgpError::PolicyRefused { .. }
             | PgpError::NoMatchingSecretKey { .. }
             | PgpError::InvalidKeyData { .. } => io::ErrorKind::InvalidData,
             _ => io::ErrorKind::Other,
@@ -292,7 +315,6 @@ impl EncryptionKeys {
     /// Loads the public certificate for `key_id` from `source`.
     pub async fn load_from(key_id: &str, source: &KeySource) -> Result<Self, PgpError> {
         require_key_id(key_id, "public")?;
-        let policy = StandardPolicy::new();
         let (certs, origin) = match &source.public_key_file {
             Some(path) => {
                 let origin = format!("key file {}", path.display());
@@ -319,24 +341,26 @@ impl EncryptionKeys {
                 origin,
             });
         }
+        let mut reasons = Vec::new();
         for cert in &certs {
-            let recipients = encryption_keys(cert, &policy);
-            if !recipients.is_empty() {
-                return Ok(EncryptionKeys {
-                    certs: vec![cert.clone()],
-                    recipients,
-                });
+            match recipients_of(cert) {
+                Ok(recipients) => {
+                    return Ok(EncryptionKeys {
+                        certs: vec![cert.clone()],
+                        recipients,
+                    });
+                }
+                Err(why) => reasons.push(why),
             }
         }
         Err(PgpError::NoEncryptionSubkey {
             key_id: key_id.to_string(),
-            fingerprints: fingerprint_list(&certs),
+            reasons: reasons.join("; "),
         })
     }
 
     /// Uses every certificate in `bytes` (binary or armored) as a recipient.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, PgpError> {
-        let policy = StandardPolicy::new();
         let certs = parse_certs(bytes, "key data")?;
         if certs.is_empty() {
             return Err(PgpError::KeyNotFound {
@@ -347,13 +371,10 @@ impl EncryptionKeys {
         }
         let mut recipients = Vec::new();
         for cert in &certs {
-            let keys = encryption_keys(cert, &policy);
-            if keys.is_empty() {
-                return Err(PgpError::NoEncryptionSubkey {
-                    key_id: cert.fingerprint().to_hex(),
-                    fingerprints: cert.fingerprint().to_hex(),
-                });
-            }
+            let keys = recipients_of(cert).map_err(|reasons| PgpError::NoEncryptionSubkey {
+                key_id: cert.fingerprint().to_hex(),
+                reasons,
+            })?;
             recipients.extend(keys);
         }
         Ok(EncryptionKeys { certs, recipients })
@@ -547,8 +568,111 @@ fn parse_certs(bytes: &[u8], origin: &str) -> Result<Vec<Cert>, PgpError> {
         .map_err(invalid)
 }
 
+/// Sequoia's standard policy widened to what GnuPG 2.2 still accepts by
+/// default and the crypto backend implements: SHA-1 and RIPEMD-160
+/// signatures (GnuPG 2.0 self-signed keys with SHA-1), the 3DES and CAST5
+/// ciphers, 1024-bit RSA and DSA keys.  MD5 and messages without integrity
+/// protection stay refused, as GnuPG 2.2 refuses them.
+fn gnupg_policy() -> StandardPolicy<'static> {
+    let mut policy = StandardPolicy::new();
+    for hash in [HashAlgorithm::SHA1, HashAlgorithm::RipeMD] {
+        policy.accept_hash(hash);
+    }
+    // Deprecated for new messages, which is not what this is for.
+    #[allow(deprecated)]
+    for cipher in [SymmetricAlgorithm::TripleDES, SymmetricAlgorithm::CAST5] {
+        policy.accept_symmetric_algo(cipher);
+    }
+    for algo in [AsymmetricAlgorithm::RSA1024, AsymmetricAlgorithm::DSA1024] {
+        policy.accept_asymmetric_algo(algo);
+    }
+    policy
+}
+
+/// The keys of `cert` to encrypt to: those valid under the standard policy,
+/// else those valid under [`gnupg_policy`], with a warning saying what the
+/// standard policy refuses.  `Err` says why there are none.
+fn recipients_of(cert: &Cert) -> Result<Vec<Key<PublicParts, UnspecifiedRole>>, String> {
+    let standard = StandardPolicy::new();
+    let keys = encryption_keys(cert, &standard);
+    if !keys.is_empty() {
+        return Ok(keys);
+    }
+    let gnupg = gnupg_policy();
+    let keys = encryption_keys(cert, &gnupg);
+    if keys.is_empty() {
+        return Err(format!(
+            "{}: {}",
+            cert.fingerprint().to_hex(),
+            why_unusable(cert, &gnupg)
+        ));
+    }
+    let refused = cert
+        .keys()
+        .filter(|ka| {
+            keys.iter()
+                .any(|k| k.fingerprint() == ka.key().fingerprint())
+        })
+        .find_map(|ka| ka.with_policy(&standard, None).err())
+        .map_or_else(|| why_unusable(cert, &standard), |e| format!("{e:#}"));
+    tracing::warn!(
+        detail = %format!(
+            "Key {} is used as GnuPG 2.2 would use it, but the OpenPGP standard policy refuses it: {refused}.",
+            cert.fingerprint().to_hex()
+        ),
+        hint = "Renew the key's self-signatures with a current GnuPG (gpg --quick-set-expire FPR EXPIRY, and again with '*' for its subkeys) and export it again, or move to a new key.",
+        "encrypting to an OpenPGP key that relies on a weak algorithm"
+    );
+    Ok(keys)
+}
+
+/// Why no key of `cert` is usable for encryption under `policy`.
+fn why_unusable(cert: &Cert, policy: &dyn Policy) -> String {
+    if let Err(e) = cert.with_policy(policy, None) {
+        return format!("{e:#}");
+    }
+    let reasons: Vec<String> = cert
+        .keys()
+        .filter(|ka| ka.key().pk_algo().for_encryption())
+        .map(|ka| {
+            let key = ka.key();
+            let why = if !key.pk_algo().is_supported() {
+                format!("{} is not supported by this build", key.pk_algo())
+            } else {
+                match ka.with_policy(policy, None) {
+                    Err(e) => format!("{e:#}"),
+                    Ok(valid) => match valid.alive() {
+                        Err(e) => format!("{e:#}"),
+                        Ok(())
+                            if matches!(
+                                valid.revocation_status(),
+                                RevocationStatus::Revoked(_)
+                            ) =>
+                        {
+                            "revoked".to_string()
+                        }
+                        Ok(())
+                            if !valid.for_storage_encryption()
+                                && !valid.for_transport_encryption() =>
+                        {
+                            "not flagged for encryption".to_string()
+                        }
+                        Ok(()) => "unusable".to_string(),
+                    },
+                }
+            };
+            format!("key {}: {why}", key.keyid().to_hex())
+        })
+        .collect();
+    if reasons.is_empty() {
+        "it has no encryption-capable key".to_string()
+    } else {
+        reasons.join(", ")
+    }
+}
+
 /// Encryption-capable keys of `cert` that are valid now.
-fn encryption_keys(cert: &Cert, policy: &StandardPolicy) -> Vec<Key<PublicParts, UnspecifiedRole>> {
+fn encryption_keys(cert: &Cert, policy: &dyn Policy) -> Vec<Key<PublicParts, UnspecifiedRole>> {
     cert.keys()
         .with_policy(policy, None)
         .supported()
@@ -892,14 +1016,54 @@ impl Helper {
         pkesk: &PKESK,
         sym_algo: Option<SymmetricAlgorithm>,
         decrypt: &mut dyn FnMut(Option<SymmetricAlgorithm>, &SessionKey) -> bool,
-    ) -> bool {
+    ) -> Attempt {
         let Ok(mut keypair) = key.clone().into_keypair() else {
-            return false;
+            return Attempt::Failed;
         };
-        pkesk
-            .decrypt(&mut keypair, sym_algo)
-            .map(|(algo, sk)| decrypt(algo, &sk))
-            .unwrap_or(false)
+        let Some((algo, session_key)) = pkesk.decrypt(&mut keypair, sym_algo) else {
+            return Attempt::Failed;
+        };
+        match algo {
+            Some(algo) if !algo.is_supported() => Attempt::Unsupported(algo),
+            _ if decrypt(algo, &session_key) => {
+                if let Some(algo) = algo {
+                    warn_if_weak(algo);
+                }
+                Attempt::Decrypted
+            }
+            _ => Attempt::Failed,
+        }
+    }
+
+    /// Ends a successful or hopeless [`Attempt`]; `None` to try on.
+    fn conclude(&self, attempt: Attempt) -> Option<openpgp::Result<Option<Cert>>> {
+        match attempt {
+            Attempt::Decrypted => Some(Ok(None)),
+            Attempt::Unsupported(algo) => {
+                Some(Err(self.fail(PgpError::UnsupportedCipher { algo })))
+            }
+            Attempt::Failed => None,
+        }
+    }
+}
+
+/// The outcome of trying one secret key on one PKESK.
+enum Attempt {
+    Decrypted,
+    /// The session key is for a cipher the crypto backend lacks.
+    Unsupported(SymmetricAlgorithm),
+    Failed,
+}
+
+/// Logs a warning when `algo`, which [`gnupg_policy`] let through, is
+/// refused by the standard policy.
+fn warn_if_weak(algo: SymmetricAlgorithm) {
+    if let Err(e) = StandardPolicy::new().symmetric_algorithm(algo) {
+        tracing::warn!(
+            detail = %format!("The data is encrypted with {algo}, which GnuPG 2.2 reads, but the OpenPGP standard policy refuses: {e:#}."),
+            hint = "Archives written from now on use AES-256 whatever the key's preferences; old archives stay readable.",
+            "decrypting data encrypted with a weak cipher"
+        );
     }
 }
 
@@ -936,8 +1100,9 @@ impl DecryptionHelper for Helper {
         for pkesk in pkesks {
             if let Some(rcpt) = pkesk.recipient() {
                 for key in keys.keys.iter().filter(|k| k.key_handle().aliases(&rcpt)) {
-                    if Self::try_key(key, pkesk, sym_algo, decrypt) {
-                        return Ok(None);
+                    let attempt = Self::try_key(key, pkesk, sym_algo, decrypt);
+                    if let Some(done) = self.conclude(attempt) {
+                        return done;
                     }
                     failed.push(key.keyid().to_hex());
                 }
@@ -946,8 +1111,9 @@ impl DecryptionHelper for Helper {
         // Then hidden recipients (`gpg --throw-keyids`): try every key.
         for pkesk in pkesks.iter().filter(|p| p.recipient().is_none()) {
             for key in &keys.keys {
-                if Self::try_key(key, pkesk, sym_algo, decrypt) {
-                    return Ok(None);
+                let attempt = Self::try_key(key, pkesk, sym_algo, decrypt);
+                if let Some(done) = self.conclude(attempt) {
+                    return done;
                 }
             }
         }
@@ -998,12 +1164,17 @@ fn decrypt_blocking<R: Read + Send + Sync + 'static>(
         keys,
         error: Arc::clone(&helper_error),
     };
-    let policy = StandardPolicy::new();
+    let policy = gnupg_policy();
     let mut decryptor = DecryptorBuilder::from_reader(reader)
         .map_err(|e| corrupt(e.into()))?
         .buffer_size(DECRYPT_BUFFER_SIZE)
         .with_policy(&policy, None, helper)
-        .map_err(|e| corrupt(e.into()))?;
+        .map_err(|e| match e.downcast_ref::<openpgp::Error>() {
+            Some(openpgp::Error::PolicyViolation(..)) => PgpError::PolicyRefused {
+                refused: format!("{e:#}"),
+            },
+            _ => corrupt(e.into()),
+        })?;
     loop {
         if tx.is_closed() {
             // Receiver gone: nobody wants the rest.

@@ -77,20 +77,32 @@ impl GpgHome {
         usage: &str,
         passphrase: &str,
     ) -> (String, String) {
-        self.gpg(
-            &[
-                "--pinentry-mode",
-                "loopback",
-                "--passphrase",
-                passphrase,
-                "--quick-gen-key",
-                uid,
-                algo,
-                usage,
-                "never",
-            ],
-            None,
-        );
+        self.gen_key_with(&[], uid, algo, usage, passphrase)
+    }
+
+    /// [`GpgHome::gen_key`] with extra gpg `options` (e.g.
+    /// `--cert-digest-algo SHA1`, as GnuPG 2.0 made its self-signatures).
+    pub fn gen_key_with(
+        &self,
+        options: &[&str],
+        uid: &str,
+        algo: &str,
+        usage: &str,
+        passphrase: &str,
+    ) -> (String, String) {
+        let mut args = options.to_vec();
+        args.extend([
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            passphrase,
+            "--quick-gen-key",
+            uid,
+            algo,
+            usage,
+            "never",
+        ]);
+        self.gpg(&args, None);
         let out = self.gpg(&["--with-colons", "--list-keys", uid], None);
         let text = String::from_utf8(out.stdout).unwrap();
         let field = |kind: &str| {
@@ -102,6 +114,17 @@ impl GpgHome {
         let primary = field("pub:");
         assert_eq!(primary.len(), 16, "{text}");
         (primary, field("sub:"))
+    }
+
+    /// The fingerprint of the primary key `key`.
+    pub fn fingerprint(&self, key: &str) -> String {
+        let out = self.gpg(&["--with-colons", "--list-keys", key], None);
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').nth(8))
+            .unwrap()
+            .to_string()
     }
 
     /// `gpg -d -q --batch`, as WAL-E runs it.
@@ -119,6 +142,42 @@ impl Drop for GpgHome {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A home with one unprotected RSA key as GnuPG 2.0 and older made them:
+/// SHA-1 self-signatures and CAST5 as the only cipher preference (so
+/// `gpg -e` to it uses CAST5); returns it and the key's long id.
+pub fn legacy_rsa_key_home() -> (GpgHome, String) {
+    let home = GpgHome::new();
+    let (key, _) = home.gen_key_with(
+        &[
+            "--cert-digest-algo",
+            "SHA1",
+            "--default-preference-list",
+            "CAST5 SHA1 Uncompressed",
+        ],
+        "Old Key <old@test.invalid>",
+        "rsa2048",
+        "cert",
+        "",
+    );
+    home.gpg(
+        &[
+            "--cert-digest-algo",
+            "SHA1",
+            "--pinentry-mode",
+            "loopback",
+            "--passphrase",
+            "",
+            "--quick-add-key",
+            &home.fingerprint(&key),
+            "rsa2048",
+            "encr",
+            "never",
+        ],
+        None,
+    );
+    (home, key)
 }
 
 /// A home with one unprotected RSA key; returns it and the key's long id.

@@ -510,7 +510,13 @@ fn copy_object(env: &BackendEnv, from: &str, to: &str) {
         .build()
         .unwrap();
     rt.block_on(async {
-        let bytes = store.get(from).await.unwrap().bytes().await.unwrap();
+        let bytes = store
+            .get(from)
+            .await
+            .unwrap()
+            .bytes(usize::MAX)
+            .await
+            .unwrap();
         store
             .put(to, PutPayload::from_bytes(bytes), &PutOptions::default())
             .await
