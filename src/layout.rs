@@ -111,6 +111,14 @@ impl BackupName {
         }
     }
 
+    /// Whether names of backups on a cluster with this WAL segment size can
+    /// lose digits: from 128 MiB on, start offsets reach 9 or more decimal
+    /// digits and [`BackupName::new`] keeps the first 8, so two backups
+    /// starting in one segment can get one name.
+    pub fn may_truncate(segment_size: u64) -> bool {
+        segment_size > 100_000_000
+    }
+
     /// Parses a full backup name (nothing may follow it).
     pub fn parse(name: &str) -> Option<BackupName> {
         let caps = BASE_BACKUP_RE.captures(name)?;
@@ -546,6 +554,10 @@ mod tests {
             "base_000000010000000000000003_00000040"
         );
         assert_eq!(BackupName::new(seg, 3_626_144).start_offset, "03626144");
+        // With 128 MiB segments two offsets can share a name.
+        assert_eq!(BackupName::new(seg, 12_345_678), BackupName::new(seg, 123_456_785));
+        assert!(!BackupName::may_truncate(64 << 20));
+        assert!(BackupName::may_truncate(128 << 20));
     }
 
     #[test]
