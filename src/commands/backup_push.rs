@@ -245,14 +245,22 @@ async fn already_complete(
     offline: bool,
 ) -> Result<bool, CommandError> {
     let key = ctx.layout.sentinel_key(name);
-    let existing = match read_object(ctx, &key).await {
-        Ok(Some(bytes)) => Sentinel::from_json(&bytes).ok(),
-        Ok(None) => return Ok(false),
-        Err(e) => {
-            return Err(UserError::new("could not check the store")
-                .detail(format!("{}: {e}", ctx.layout.url(&key)))
-                .into());
-        }
+    let check_failed = |e: String| {
+        UserError::new("could not check the store").detail(format!("{}: {e}", ctx.layout.url(&key)))
+    };
+    match ctx.store.head(&key).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(check_failed(e.to_string()).into()),
+    }
+    // Only a truncated name needs what the sentinel recorded.
+    let existing = if BackupName::may_truncate(segment_size) {
+        read_object(ctx, &key)
+            .await
+            .map_err(check_failed)?
+            .and_then(|bytes| Sentinel::from_json(&bytes).ok())
+    } else {
+        None
     };
     if is_same_start(name, segment_size, offline, existing.as_ref()) {
         tracing::info!(
