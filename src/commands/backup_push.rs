@@ -41,6 +41,10 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
             .into());
     }
     let segment_size = session.wal_segment_size().await?;
+    let log_directory = tar_partition::log_directory_member(
+        &cluster_dir,
+        &session.setting("log_directory").await?,
+    );
     let encrypt_to = ctx.encryption_keys().await?;
     let label = postgres::backup_label_name(chrono::Utc::now());
     let start = session.start_backup(&label, false).await?;
@@ -59,8 +63,16 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
     let closed = session.closed();
     let until_stop = async {
         let version = session.version_string().await?;
-        let (uploader, spec, expanded_size_bytes, count) =
-            upload_data(ctx, &name, args, &cluster_dir, version, encrypt_to.clone()).await?;
+        let (uploader, spec, expanded_size_bytes, count) = upload_data(
+            ctx,
+            &name,
+            args,
+            &cluster_dir,
+            log_directory,
+            version,
+            encrypt_to.clone(),
+        )
+        .await?;
         let stop = session.stop_backup().await?;
         Ok::<_, CommandError>((uploader, spec, expanded_size_bytes, count, stop))
     };
@@ -136,8 +148,9 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
     let encrypt_to = ctx.encryption_keys().await?;
     let pg_version = std::fs::read_to_string(cluster_dir.join("PG_VERSION")).unwrap_or_default();
     let version = format!("PostgreSQL {}", pg_version.trim());
+    // No server to ask for log_directory: `log` and `pg_log` are left out.
     let (uploader, spec, expanded_size_bytes, count) =
-        upload_data(ctx, &name, args, cluster_dir, version, encrypt_to).await?;
+        upload_data(ctx, &name, args, cluster_dir, None, version, encrypt_to).await?;
     let (dir, wal) = (
         cluster_dir.to_path_buf(),
         checkpoint_wal(cluster_dir, &control),
@@ -176,13 +189,15 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
 }
 
 /// What online and offline backups share: `extended_version.txt`, then every
-/// planned partition. Returns the uploader (for the final partition), the
+/// planned partition (without the contents of `log_directory`, a member
+/// name). Returns the uploader (for the final partition), the
 /// restore spec, the planned bytes and the number of partitions.
 async fn upload_data<'a>(
     ctx: &'a Context,
     name: &'a BackupName,
     args: &BackupPushArgs,
     cluster_dir: &Path,
+    log_directory: Option<String>,
     version: String,
     encrypt_to: Option<Arc<EncryptionKeys>>,
 ) -> Result<(Uploader<'a>, RestoreSpec, u64, u32), CommandError> {
@@ -198,7 +213,7 @@ async fn upload_data<'a>(
         partitions,
         spec,
         expanded_size_bytes,
-    } = plan(cluster_dir).await?;
+    } = plan(cluster_dir, log_directory).await?;
     let uploader = Uploader::new(ctx, name, args, encrypt_to, expanded_size_bytes);
     let count = partitions.len() as u32;
     uploader.upload_all(partitions).await?;
@@ -492,10 +507,12 @@ fn limits() -> Limits {
     limits
 }
 
-async fn plan(cluster_dir: &Path) -> Result<Plan, CommandError> {
+async fn plan(cluster_dir: &Path, log_directory: Option<String>) -> Result<Plan, CommandError> {
     let dir = cluster_dir.to_path_buf();
     let limits = limits();
-    tokio::task::spawn_blocking(move || tar_partition::plan(&dir, &limits))
+    tokio::task::spawn_blocking(move || {
+        tar_partition::plan_without_logs(&dir, &limits, log_directory)
+    })
         .await
         .map_err(CommandError::unexpected)?
         .map_err(|e| {
