@@ -955,3 +955,28 @@ fn server_log_directories_are_left_out_of_backups() {
         assert!(entries.is_empty(), "{dir} restored empty: {entries:?}");
     }
 }
+
+/// A sentinel another tool wrote, with keys this port does not know and
+/// without the fields a restore does not need, still restores. Fails on
+/// main ("the backup's sentinel is not valid JSON": missing field).
+#[test]
+fn backup_fetch_restores_from_a_sentinel_with_extra_and_missing_keys() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sentinel = setup
+        .path()
+        .join("store/basebackups_005")
+        .join(&setup.sentinels()[0]);
+    std::fs::write(
+        &sentinel,
+        r#"{"wal_segment_backup_stop": "000000010000000000000004", "is_permanent": false, "user_data": {"by": "another tool"}, "spec": {"base_prefix": "/elsewhere/", "tool": {"name": "x"}, "tablespaces": []}}"#,
+    )
+    .unwrap();
+    let restored = setup.path().join("restored");
+    let out = setup.wal_e(&pg, &["backup-fetch", restored.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(restored.join("global/pg_control").is_file());
+    assert!(restored.join("PG_VERSION").is_file());
+}
