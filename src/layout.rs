@@ -555,7 +555,10 @@ mod tests {
         );
         assert_eq!(BackupName::new(seg, 3_626_144).start_offset, "03626144");
         // With 128 MiB segments two offsets can share a name.
-        assert_eq!(BackupName::new(seg, 12_345_678), BackupName::new(seg, 123_456_785));
+        assert_eq!(
+            BackupName::new(seg, 12_345_678),
+            BackupName::new(seg, 123_456_785)
+        );
         assert!(!BackupName::may_truncate(64 << 20));
         assert!(BackupName::may_truncate(128 << 20));
     }
@@ -599,10 +602,14 @@ mod tests {
         assert_eq!(s.spec.location("16400").unwrap().loc, "/srv/ts/");
         assert!(s.spec.location("tool").is_none());
 
-        let s = Sentinel::from_json(br#"{"spec": {"tablespaces": null}, "expanded_size_bytes": null}"#)
-            .unwrap();
+        let s =
+            Sentinel::from_json(br#"{"spec": {"tablespaces": null}, "expanded_size_bytes": null}"#)
+                .unwrap();
         assert!(s.spec.tablespaces.is_empty());
-        assert_eq!(Sentinel::from_json(br#"{"spec": null}"#).unwrap().spec, RestoreSpec::default());
+        assert_eq!(
+            Sentinel::from_json(br#"{"spec": null}"#).unwrap().spec,
+            RestoreSpec::default()
+        );
 
         // A listed tablespace whose location is broken is still an error.
         let err = Sentinel::from_json(

@@ -1055,7 +1055,10 @@ mod tests {
         // cannot check: every backup would fail after uploading everything.
         for old in [90624, 90600, 90500, 0] {
             let err = check_backup_version(old).unwrap_err();
-            assert_eq!(err.msg, "this PostgreSQL version is too old for backup-push");
+            assert_eq!(
+                err.msg,
+                "this PostgreSQL version is too old for backup-push"
+            );
             assert!(err.detail.unwrap().contains(&old.to_string()));
             assert!(err.hint.is_some());
         }

@@ -13,8 +13,8 @@ use futures_util::stream::{self, StreamExt};
 use wal_e::ByteStream;
 use wal_e::tar_extract::{ExtractError, ExtractOptions, extract};
 use wal_e::tar_partition::{
-    Limits, Member, MemberKind, Partition, Plan, TarError, final_partition,
-    log_directory_member, offline_final_partition, plan, plan_without_logs, write_partition,
+    Limits, Member, MemberKind, Partition, Plan, TarError, final_partition, log_directory_member,
+    offline_final_partition, plan, plan_without_logs, write_partition,
 };
 
 const OLD: u64 = 1_500_000_000;
@@ -300,7 +300,10 @@ fn log_directories_are_archived_empty() {
     put(&data.join("pg_log/postgresql.log"), &[b'x'; 2000]);
     put(&data.join("logs/server/postgresql.log"), &[b'x'; 2000]);
     put(&data.join("logs/keep"), b"not the log directory");
-    put(&data.join("base/1/log/kept"), b"log is special only at the top");
+    put(
+        &data.join("base/1/log/kept"),
+        b"log is special only at the top",
+    );
     let without_logs = plan_without_logs(&data, &limits, Some("logs/server".into())).unwrap();
     assert_eq!(
         names(&without_logs),

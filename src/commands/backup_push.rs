@@ -41,10 +41,8 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
             .into());
     }
     let segment_size = session.wal_segment_size().await?;
-    let log_directory = tar_partition::log_directory_member(
-        &cluster_dir,
-        &session.setting("log_directory").await?,
-    );
+    let log_directory =
+        tar_partition::log_directory_member(&cluster_dir, &session.setting("log_directory").await?);
     let encrypt_to = ctx.encryption_keys().await?;
     let label = postgres::backup_label_name(chrono::Utc::now());
     let start = session.start_backup(&label, false).await?;
@@ -513,13 +511,13 @@ async fn plan(cluster_dir: &Path, log_directory: Option<String>) -> Result<Plan,
     tokio::task::spawn_blocking(move || {
         tar_partition::plan_without_logs(&dir, &limits, log_directory)
     })
-        .await
-        .map_err(CommandError::unexpected)?
-        .map_err(|e| {
-            UserError::new("could not plan the base backup")
-                .detail(e.to_string())
-                .into()
-        })
+    .await
+    .map_err(CommandError::unexpected)?
+    .map_err(|e| {
+        UserError::new("could not plan the base backup")
+            .detail(e.to_string())
+            .into()
+    })
 }
 
 /// On a blocking thread: reading pg_control may pause between retries.

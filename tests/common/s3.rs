@@ -427,7 +427,9 @@ impl FaultProxy {
                 };
                 let drop_answer = req.method() == hyper::Method::PUT && {
                     let mut rule = faults.drop_answer_to_put.lock().unwrap();
-                    let hit = rule.as_ref().is_some_and(|text| path.contains(text.as_str()));
+                    let hit = rule
+                        .as_ref()
+                        .is_some_and(|text| path.contains(text.as_str()));
                     if hit {
                         *rule = None;
                     }
