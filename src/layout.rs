@@ -111,6 +111,14 @@ impl BackupName {
         }
     }
 
+    /// Whether names of backups on a cluster with this WAL segment size can
+    /// lose digits: from 128 MiB on, start offsets reach 9 or more decimal
+    /// digits and [`BackupName::new`] keeps the first 8, so two backups
+    /// starting in one segment can get one name.
+    pub fn may_truncate(segment_size: u64) -> bool {
+        segment_size > 100_000_000
+    }
+
     /// Parses a full backup name (nothing may follow it).
     pub fn parse(name: &str) -> Option<BackupName> {
         let caps = BASE_BACKUP_RE.captures(name)?;
@@ -281,7 +289,8 @@ pub fn is_tablespace_oid(oid: &str) -> bool {
 pub struct TablespaceLocation {
     /// `readlink` of `pg_tblspc/<oid>`, with a trailing `/`.
     pub loc: String,
-    /// `pg_tblspc/<oid>`.
+    /// `pg_tblspc/<oid>`. A restore does not need it: tolerated missing.
+    #[serde(default)]
     pub link: String,
 }
 
@@ -351,22 +360,37 @@ impl<'de> Deserialize<'de> for RestoreSpec {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RestoreSpec, A::Error> {
                 let mut spec = RestoreSpec::default();
+                let mut objects = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "base_prefix" => {
                             spec.base_prefix =
                                 map.next_value::<Option<String>>()?.unwrap_or_default()
                         }
-                        "tablespaces" => spec.tablespaces = map.next_value()?,
+                        "tablespaces" => {
+                            spec.tablespaces =
+                                map.next_value::<Option<Vec<String>>>()?.unwrap_or_default()
+                        }
                         // Unknown scalar keys are ignored: WAL-E only reads the
                         // entries named in `tablespaces`.
                         _ => {
                             if let serde_json::Value::Object(o) = map.next_value()? {
-                                let loc = serde_json::from_value(serde_json::Value::Object(o))
-                                    .map_err(de::Error::custom)?;
-                                spec.locations.push((key, loc));
+                                objects.push((key, o));
                             }
                         }
+                    }
+                }
+                // Keys come in any order: only once `tablespaces` is known can
+                // an object that is not a location be told apart from a
+                // listed tablespace's broken one (an error) or another tool's
+                // extra key (ignored).
+                for (key, o) in objects {
+                    match serde_json::from_value(serde_json::Value::Object(o)) {
+                        Ok(loc) => spec.locations.push((key, loc)),
+                        Err(e) if spec.tablespaces.contains(&key) => {
+                            return Err(de::Error::custom(format!("tablespace {key}: {e}")));
+                        }
+                        Err(_) => {}
                     }
                 }
                 Ok(spec)
@@ -378,18 +402,33 @@ impl<'de> Deserialize<'de> for RestoreSpec {
 
 /// The `<backup>_backup_stop_sentinel.json` object: its presence marks a
 /// backup complete.
+///
+/// Read leniently, so that sentinels other tools (or other WAL-E versions)
+/// wrote still restore: unknown keys are ignored, and every field may be
+/// missing or `null` (empty, 0), since a restore needs only the spec's
+/// listed tablespaces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sentinel {
+    #[serde(default, deserialize_with = "null_as_default")]
     pub wal_segment_backup_stop: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub wal_segment_offset_backup_stop: String,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub expanded_size_bytes: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub spec: RestoreSpec,
     /// How many partitions the backup has, the last one included. Written
     /// by this implementation (WAL-E ignores the key, and did not write it),
     /// checked by backup-fetch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_count: Option<u32>,
+}
+
+/// A `null` field reads as its default, like a missing one.
+fn null_as_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    deserializer: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl Sentinel {
@@ -555,6 +594,13 @@ mod tests {
             "base_000000010000000000000003_00000040"
         );
         assert_eq!(BackupName::new(seg, 3_626_144).start_offset, "03626144");
+        // With 128 MiB segments two offsets can share a name.
+        assert_eq!(
+            BackupName::new(seg, 12_345_678),
+            BackupName::new(seg, 123_456_785)
+        );
+        assert!(!BackupName::may_truncate(64 << 20));
+        assert!(BackupName::may_truncate(128 << 20));
     }
 
     #[test]
@@ -583,6 +629,34 @@ mod tests {
     fn sentinel_without_spec_and_with_extra_keys_still_reads() {
         let s = Sentinel::from_json(br#"{"wal_segment_backup_stop": "000000010000000000000004", "wal_segment_offset_backup_stop": "00000128", "expanded_size_bytes": 1, "extra": 5}"#).unwrap();
         assert_eq!(s.spec, RestoreSpec::default());
+    }
+
+    #[test]
+    fn sentinels_of_other_tools_restore_from_their_listed_tablespaces() {
+        // Extra keys at the top, in the spec and in a location; no size, a
+        // null stop, no link; `tablespaces` after the locations.
+        let s = Sentinel::from_json(br#"{"wal_segment_backup_stop": null, "backup_label": {"a": 1}, "spec": {"base_prefix": null, "16400": {"loc": "/srv/ts/", "owner": "pg"}, "tool": {"name": "wal-g", "version": 2}, "tablespaces": ["16400"], "is_permanent": false}, "user_data": {"x": [1, 2]}}"#).unwrap();
+        assert_eq!(s.expanded_size_bytes, 0);
+        assert_eq!(s.wal_segment_backup_stop, "");
+        assert_eq!(s.spec.tablespaces, ["16400"]);
+        assert_eq!(s.spec.location("16400").unwrap().loc, "/srv/ts/");
+        assert!(s.spec.location("tool").is_none());
+
+        let s =
+            Sentinel::from_json(br#"{"spec": {"tablespaces": null}, "expanded_size_bytes": null}"#)
+                .unwrap();
+        assert!(s.spec.tablespaces.is_empty());
+        assert_eq!(
+            Sentinel::from_json(br#"{"spec": null}"#).unwrap().spec,
+            RestoreSpec::default()
+        );
+
+        // A listed tablespace whose location is broken is still an error.
+        let err = Sentinel::from_json(
+            br#"{"spec": {"16400": {"where": "/srv/ts/"}, "tablespaces": ["16400"]}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tablespace 16400"), "{err}");
     }
 
     #[test]

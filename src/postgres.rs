@@ -4,7 +4,7 @@
 //! * [`ConnectParams::from_env`] reads the libpq environment (`PGHOST`,
 //!   `PGPORT`, `PGUSER`, `PGPASSWORD`, `~/.pgpass`, ...).
 //! * [`Session`] is the one connection a backup keeps open from
-//!   [`Session::start_backup`] to [`Session::stop_backup`]: PostgreSQL 9.6+
+//!   [`Session::start_backup`] to [`Session::stop_backup`]: PostgreSQL 10+
 //!   non-exclusive backups are tied to the session that started them and are
 //!   aborted by the server when it ends. [`Session::closed`] tells when that
 //!   happened.
@@ -44,8 +44,23 @@ pub const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 /// `application_name` when `PGAPPNAME` is not set.
 pub const DEFAULT_APPLICATION_NAME: &str = "wal-e";
 
-/// The oldest server whose non-exclusive backup functions this port uses.
-pub const MIN_SERVER_VERSION_NUM: u32 = 90600;
+/// The oldest server backup-push supports: 9.6 has the non-exclusive
+/// backup functions, but its `pg_control` (version 960) is not one the final
+/// partition can check (see [`SUPPORTED_VERSIONS`]).
+pub const MIN_SERVER_VERSION_NUM: u32 = 100000;
+
+/// Refuses a server older than [`MIN_SERVER_VERSION_NUM`], before a backup
+/// starts and anything is uploaded.
+pub fn check_backup_version(server_version_num: u32) -> Result<(), UserError> {
+    if server_version_num < MIN_SERVER_VERSION_NUM {
+        return Err(UserError::new("this PostgreSQL version is too old for backup-push")
+            .detail(format!(
+                "The server's server_version_num is {server_version_num}; backup-push needs PostgreSQL 10 (100000) or later."
+            ))
+            .hint("Upgrade PostgreSQL, or use WAL-E 1.x for this server."));
+    }
+    Ok(())
+}
 
 // ---------------------------------------------------------------------------
 // LSNs and segment names
@@ -630,8 +645,6 @@ struct BackupFunctions {
     stop_sql: &'static str,
     start_signature: &'static str,
     stop_signature: &'static str,
-    /// Whether the stop function can wait for WAL archiving (10+).
-    stop_waits_for_archive: bool,
 }
 
 fn backup_functions(server_version_num: u32) -> BackupFunctions {
@@ -641,23 +654,13 @@ fn backup_functions(server_version_num: u32) -> BackupFunctions {
             stop_sql: "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
             start_signature: "pg_backup_start(text, boolean)",
             stop_signature: "pg_backup_stop(boolean)",
-            stop_waits_for_archive: true,
         }
-    } else if server_version_num >= 100000 {
+    } else {
         BackupFunctions {
             start_sql: "SELECT pg_start_backup($1, $2, false)::text",
             stop_sql: "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, true)",
             start_signature: "pg_start_backup(text, boolean, boolean)",
             stop_signature: "pg_stop_backup(boolean, boolean)",
-            stop_waits_for_archive: true,
-        }
-    } else {
-        BackupFunctions {
-            start_sql: "SELECT pg_start_backup($1, $2, false)::text",
-            stop_sql: "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false)",
-            start_signature: "pg_start_backup(text, boolean, boolean)",
-            stop_signature: "pg_stop_backup(boolean)",
-            stop_waits_for_archive: false,
         }
     }
 }
@@ -890,29 +893,19 @@ impl Session {
             })
     }
 
-    fn xlog_or_wal(&self) -> &'static str {
-        if self.server_version_num >= 100000 {
-            "wal"
-        } else {
-            "xlog"
-        }
-    }
-
-    /// `pg_walfile_name_offset(lsn)` (`pg_xlogfile_name_offset` before 10);
-    /// errors become `msg`.
+    /// `pg_walfile_name_offset(lsn)`; errors become `msg`.
     async fn name_offset(
         &self,
         lsn: Lsn,
         msg: &str,
         functions: &BackupFunctions,
     ) -> Result<(SegmentName, u64), UserError> {
-        let sql = format!(
-            "SELECT file_name, file_offset FROM pg_{}file_name_offset($1::text::pg_lsn)",
-            self.xlog_or_wal()
-        );
         let row = self
             .client
-            .query_one(&sql, &[&lsn.to_string()])
+            .query_one(
+                "SELECT file_name, file_offset FROM pg_walfile_name_offset($1::text::pg_lsn)",
+                &[&lsn.to_string()],
+            )
             .await
             .map_err(|e| backup_error(msg, &e, functions))?;
         let name: String = row.get(0);
@@ -920,30 +913,17 @@ impl Session {
         match (SegmentName::parse(&name), u64::try_from(offset)) {
             (Some(segment), Ok(offset)) => Ok((segment, offset)),
             _ => Err(UserError::new(msg).detail(format!(
-                "pg_{}file_name_offset('{lsn}') returned the file name {name:?} and offset {offset}.",
-                self.xlog_or_wal()
+                "pg_walfile_name_offset('{lsn}') returned the file name {name:?} and offset {offset}."
             ))),
         }
     }
 
-    fn check_version(&self) -> Result<(), UserError> {
-        if self.server_version_num < MIN_SERVER_VERSION_NUM {
-            return Err(UserError::new("this PostgreSQL version is too old for base backups")
-                .detail(format!(
-                    "The server's server_version_num is {}; non-exclusive backups need 9.6 (90600) or later.",
-                    self.server_version_num
-                ))
-                .hint("Upgrade PostgreSQL, or use WAL-E 1.x for this server."));
-        }
-        Ok(())
-    }
-
     /// Starts a non-exclusive backup: `pg_backup_start(label, fast)` on 15+,
-    /// `pg_start_backup(label, fast, false)` on 9.6 to 14. `fast` asks for an
+    /// `pg_start_backup(label, fast, false)` on 10 to 14. `fast` asks for an
     /// immediate checkpoint (WAL-E used a spread one: `fast = false`).
     pub async fn start_backup(&self, label: &str, fast: bool) -> Result<BackupStart, UserError> {
         const MSG: &str = "could not start a base backup";
-        self.check_version()?;
+        check_backup_version(self.server_version_num)?;
         let functions = backup_functions(self.server_version_num);
         let row = self
             .client
@@ -961,19 +941,10 @@ impl Session {
 
     /// Stops the backup started in this session, waiting until the WAL it
     /// needs is archived: `pg_backup_stop(true)` on 15+,
-    /// `pg_stop_backup(false, true)` on 10 to 14. On 9.6,
-    /// `pg_stop_backup(false)` cannot wait for archiving (a warning is
-    /// logged).
+    /// `pg_stop_backup(false, true)` on 10 to 14.
     pub async fn stop_backup(&self) -> Result<BackupStop, UserError> {
         const MSG: &str = "could not stop the base backup";
-        self.check_version()?;
         let functions = backup_functions(self.server_version_num);
-        if !functions.stop_waits_for_archive {
-            tracing::warn!(
-                detail = "pg_stop_backup(false) on PostgreSQL 9.6 does not wait for the WAL the backup needs to be archived.",
-                "the backup is complete only once its last WAL segment is archived"
-            );
-        }
         let row = self
             .client
             .query_one(functions.stop_sql, &[])
@@ -1077,6 +1048,24 @@ fn connect_error(params: &ConnectParams, e: &tokio_postgres::Error) -> UserError
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn backup_push_refuses_servers_before_10() {
+        // 9.6 has non-exclusive backups but a pg_control the final partition
+        // cannot check: every backup would fail after uploading everything.
+        for old in [90624, 90600, 90500, 0] {
+            let err = check_backup_version(old).unwrap_err();
+            assert_eq!(
+                err.msg,
+                "this PostgreSQL version is too old for backup-push"
+            );
+            assert!(err.detail.unwrap().contains(&old.to_string()));
+            assert!(err.hint.is_some());
+        }
+        for supported in [100000, 100023, 150004, 180000] {
+            assert!(check_backup_version(supported).is_ok(), "{supported}");
+        }
+    }
 
     #[test]
     fn lsn_display_and_parse() {

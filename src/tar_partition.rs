@@ -156,9 +156,10 @@ fn is_not_found(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::NotFound
 }
 
-/// Top-level entries whose contents are never archived (WAL, logs,
+/// Top-level entries whose contents are never archived (WAL, logs: `log` is
+/// `log_directory`'s default from PostgreSQL 10 on, `pg_log` before;
 /// replication slots): the directory or symlink itself is.
-const TOP_LEVEL_UNDESCENDED: [&str; 4] = ["pg_xlog", "pg_log", "pg_replslot", "pg_wal"];
+const TOP_LEVEL_UNDESCENDED: [&str; 5] = ["pg_xlog", "pg_log", "log", "pg_replslot", "pg_wal"];
 /// Temporary space, at any depth: the directory is archived, not its contents.
 const UNDESCENDED: [&str; 3] = ["pgsql_tmp", "pg_stat_tmp", ".wal-e"];
 /// Never archived, at any depth.
@@ -193,6 +194,9 @@ enum Place {
 struct Walker {
     members: Vec<Member>,
     spec: RestoreSpec,
+    /// The server's `log_directory` inside the cluster directory, as a
+    /// member name: its contents are not archived either.
+    log_directory: Option<String>,
 }
 
 fn member_from(name: String, source: PathBuf, md: &fs::Metadata, kind: MemberKind) -> Member {
@@ -279,7 +283,8 @@ impl Walker {
             let ft = md.file_type();
             if ft.is_dir() {
                 let kept_shut = (place == Place::Top && TOP_LEVEL_UNDESCENDED.contains(&&*entry))
-                    || UNDESCENDED.contains(&&*entry);
+                    || UNDESCENDED.contains(&&*entry)
+                    || self.log_directory.as_deref() == Some(member_name.as_str());
                 if kept_shut {
                     self.members
                         .push(member_from(member_name, path, &md, MemberKind::Dir));
@@ -387,6 +392,17 @@ impl Walker {
 /// Walks `cluster_dir` (spec §3.3, entries sorted by name) and cuts the
 /// members into partitions.
 pub fn plan(cluster_dir: &Path, limits: &Limits) -> Result<Plan, TarError> {
+    plan_without_logs(cluster_dir, limits, None)
+}
+
+/// [`plan`], also leaving out the contents of `log_directory`, a member name
+/// from [`log_directory_member`]: a server's log files are not part of the
+/// cluster, and a large one would not fit in a partition.
+pub fn plan_without_logs(
+    cluster_dir: &Path,
+    limits: &Limits,
+    log_directory: Option<String>,
+) -> Result<Plan, TarError> {
     let given = cluster_dir.to_str().ok_or_else(|| TarError::NonUtf8Name {
         path: cluster_dir.to_path_buf(),
     })?;
@@ -413,6 +429,7 @@ pub fn plan(cluster_dir: &Path, limits: &Limits) -> Result<Plan, TarError> {
             base_prefix,
             ..RestoreSpec::default()
         },
+        log_directory,
     };
     walker.visit(&root, "", Place::Top)?;
     let expanded_size_bytes = walker.members.iter().map(Member::data_bytes).sum();
@@ -422,6 +439,32 @@ pub fn plan(cluster_dir: &Path, limits: &Limits) -> Result<Plan, TarError> {
         spec: walker.spec,
         expanded_size_bytes,
     })
+}
+
+/// The member name of the server's `log_directory` setting when it lies
+/// inside `cluster_dir`: relative (to the data directory), or absolute
+/// under `cluster_dir`. `None` when it is elsewhere, or is the cluster
+/// directory itself (whose contents must not be left out).
+pub fn log_directory_member(cluster_dir: &Path, log_directory: &str) -> Option<String> {
+    use std::path::Component;
+    let path = Path::new(log_directory);
+    let inside = if path.is_absolute() {
+        path.strip_prefix(cluster_dir).ok()?
+    } else {
+        path
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for component in inside.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_str()?),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// WAL-E's `_segmentation_guts`: fills partitions in order, starting a new

@@ -1002,3 +1002,68 @@ fn backup_fetch_needs_an_empty_directory_and_every_partition() {
     );
     std::fs::write(&last, last_bytes).unwrap();
 }
+
+/// PostgreSQL 10+'s `log` directory and the server's own `log_directory`
+/// inside the data directory are archived empty, like `pg_log`: log files
+/// larger than a partition no longer abort every backup. Fails on main
+/// ("Attempted to archive a file that is too large").
+#[test]
+fn server_log_directories_are_left_out_of_backups() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    pg.append_conf("log_directory = 'logs/server'\n");
+    pg.restart();
+    assert_eq!(pg.psql("SHOW log_directory"), "logs/server");
+    for log in ["log/postgresql-Mon.log", "logs/server/postgresql.log"] {
+        let path = pg.data_dir.join(log);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // Sparse: larger than a partition may hold, cheap to make.
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(5_000_000)
+            .unwrap();
+    }
+    let out = Command::new(wal_e_bin())
+        .args(["backup-push", pg.data_dir.to_str().unwrap()])
+        .env("WALE_FILE_PREFIX", setup.prefix())
+        .env("WALE_LOG_DESTINATION", "stderr")
+        .env("WALE_TEST_PARTITION_MAX_BYTES", "4000000")
+        .envs(pg.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let restored = setup.path().join("restored");
+    let out = setup.wal_e(&pg, &["backup-fetch", restored.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(restored.join("global/pg_control").is_file());
+    for dir in ["log", "logs/server"] {
+        let entries: Vec<_> = std::fs::read_dir(restored.join(dir)).unwrap().collect();
+        assert!(entries.is_empty(), "{dir} restored empty: {entries:?}");
+    }
+}
+
+/// A sentinel another tool wrote, with keys this port does not know and
+/// without the fields a restore does not need, still restores. Fails on
+/// main ("the backup's sentinel is not valid JSON": missing field).
+#[test]
+fn backup_fetch_restores_from_a_sentinel_with_extra_and_missing_keys() {
+    let setup = Setup::new();
+    let pg = primary(&setup, PgBin::new());
+    let out = setup.wal_e(&pg, &["backup-push", pg.data_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let sentinel = setup
+        .path()
+        .join("store/basebackups_005")
+        .join(&setup.sentinels()[0]);
+    std::fs::write(
+        &sentinel,
+        r#"{"wal_segment_backup_stop": "000000010000000000000004", "is_permanent": false, "user_data": {"by": "another tool"}, "spec": {"base_prefix": "/elsewhere/", "tool": {"name": "x"}, "tablespaces": []}}"#,
+    )
+    .unwrap();
+    let restored = setup.path().join("restored");
+    let out = setup.wal_e(&pg, &["backup-fetch", restored.to_str().unwrap(), "LATEST"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(restored.join("global/pg_control").is_file());
+    assert!(restored.join("PG_VERSION").is_file());
+}

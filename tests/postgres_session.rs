@@ -14,7 +14,7 @@ use wal_e::layout::{BackupName, SegmentName};
 use wal_e::postgres::tls::SslMode;
 use wal_e::postgres::{
     ConnectParams, DbState, Host, Lsn, PasswordSource, Session, backup_label_name,
-    read_control_file, segment_of,
+    check_backup_version, read_control_file, segment_of,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -387,6 +387,9 @@ async fn non_exclusive_backups_in_one_session() {
         )
         .await;
     assert_eq!(session.server_version_num() / 10000, major);
+    let version_num = session.setting("server_version_num").await.unwrap();
+    assert_eq!(version_num.parse(), Ok(session.server_version_num()));
+    check_backup_version(session.server_version_num()).unwrap();
     let version = session.version_string().await.unwrap();
     assert!(
         version.starts_with(&format!("PostgreSQL {major}")),

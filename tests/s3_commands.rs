@@ -107,6 +107,42 @@ fn commands_ride_out_a_flaky_server() {
     assert!(failed > 20, "only {failed} requests were spoiled");
 }
 
+/// The sentinel is put create-only: when the answer to its PUT is lost, the
+/// retry finds the object the first attempt stored, with the same bytes,
+/// and the backup is complete.
+#[test]
+fn a_sentinel_put_whose_answer_was_lost_completes_the_backup() {
+    let proxy = FaultProxy::start();
+    let env = S3Backend::via(proxy.port).fresh_prefix();
+    let tmp = tempfile::tempdir().unwrap();
+    make_traversable(tmp.path());
+    let pg = Cluster::init(tmp.path(), "primary");
+    pg.append_conf(&format!(
+        "archive_mode = on\narchive_command = '{} wal-push %p'\n",
+        env.launcher(tmp.path()).display()
+    ));
+    pg.start();
+    *proxy.faults.drop_answer_to_put.lock().unwrap() = Some("_backup_stop_sentinel.json".into());
+    let out = env
+        .command(&["backup-push", pg.data_dir.to_str().unwrap()])
+        .envs(pg.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "backup-push: {}", stderr(&out));
+    assert!(
+        proxy.faults.drop_answer_to_put.lock().unwrap().is_none(),
+        "the answer to the sentinel's PUT was dropped"
+    );
+    assert!(
+        stderr(&out).contains("the sentinel was uploaded already"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.command(&["backup-list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 2);
+}
+
 /// Requests per method and object the commands below may make: each object
 /// gets `WALE_RETRIES` attempts in all, one request each, whichever layer
 /// sees the failure (the SDK, the store, the command).

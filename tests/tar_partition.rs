@@ -13,8 +13,8 @@ use futures_util::stream::{self, StreamExt};
 use wal_e::ByteStream;
 use wal_e::tar_extract::{ExtractError, ExtractOptions, extract};
 use wal_e::tar_partition::{
-    Limits, Member, MemberKind, Partition, Plan, TarError, final_partition,
-    offline_final_partition, plan, write_partition,
+    Limits, Member, MemberKind, Partition, Plan, TarError, final_partition, log_directory_member,
+    offline_final_partition, plan, plan_without_logs, write_partition,
 };
 
 const OLD: u64 = 1_500_000_000;
@@ -283,6 +283,68 @@ fn a_relative_cluster_dir_is_walked_and_kept_as_given_in_the_spec() {
     let m = member(&plan, "base/1/1259");
     assert!(m.source.as_ref().unwrap().is_absolute());
     assert_eq!(names(&plan).len(), 33);
+}
+
+/// PostgreSQL 10+'s `log` and the server's own `log_directory` are kept
+/// like `pg_log`: the directory, not the log files, however large.
+#[test]
+fn log_directories_are_archived_empty() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let limits = Limits {
+        max_bytes: 1000,
+        ..Limits::default()
+    };
+    put(&data.join("PG_VERSION"), b"15\n");
+    put(&data.join("log/postgresql-Mon.log"), &[b'x'; 2000]);
+    put(&data.join("pg_log/postgresql.log"), &[b'x'; 2000]);
+    put(&data.join("logs/server/postgresql.log"), &[b'x'; 2000]);
+    put(&data.join("logs/keep"), b"not the log directory");
+    put(
+        &data.join("base/1/log/kept"),
+        b"log is special only at the top",
+    );
+    let without_logs = plan_without_logs(&data, &limits, Some("logs/server".into())).unwrap();
+    assert_eq!(
+        names(&without_logs),
+        [
+            "",
+            "PG_VERSION",
+            "log",
+            "pg_log",
+            "base",
+            "base/1",
+            "base/1/log",
+            "base/1/log/kept",
+            "logs",
+            "logs/keep",
+            "logs/server",
+        ]
+    );
+    // Without the setting, a large file there does not fit.
+    let err = plan(&data, &limits).unwrap_err();
+    assert!(matches!(err, TarError::MemberTooBig { .. }), "{err:?}");
+
+    let cluster = Path::new("/srv/pg/data");
+    for (setting, member) in [
+        ("log", Some("log")),
+        ("logs/server", Some("logs/server")),
+        ("./logs//server/", Some("logs/server")),
+        ("logs/../pg_log2", Some("pg_log2")),
+        ("/srv/pg/data/logs/server", Some("logs/server")),
+        ("/var/log/postgresql", None),
+        ("/srv/pg/data2/log", None),
+        ("../log", None),
+        (".", None),
+        ("/srv/pg/data", None),
+        ("", None),
+    ] {
+        assert_eq!(
+            log_directory_member(cluster, setting).as_deref(),
+            member,
+            "{setting:?}"
+        );
+    }
 }
 
 #[test]

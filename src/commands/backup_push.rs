@@ -41,11 +41,13 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
             .into());
     }
     let segment_size = session.wal_segment_size().await?;
+    let log_directory =
+        tar_partition::log_directory_member(&cluster_dir, &session.setting("log_directory").await?);
     let encrypt_to = ctx.encryption_keys().await?;
     let label = postgres::backup_label_name(chrono::Utc::now());
     let start = session.start_backup(&label, false).await?;
     let name = BackupName::new(start.segment, start.offset);
-    if already_complete(ctx, &name).await? {
+    if already_complete(ctx, &name, segment_size, false).await? {
         return Ok(());
     }
     tracing::info!(
@@ -59,8 +61,16 @@ pub async fn run(ctx: &Context, args: &BackupPushArgs) -> CmdResult {
     let closed = session.closed();
     let until_stop = async {
         let version = session.version_string().await?;
-        let (uploader, spec, expanded_size_bytes, count) =
-            upload_data(ctx, &name, args, &cluster_dir, version, encrypt_to.clone()).await?;
+        let (uploader, spec, expanded_size_bytes, count) = upload_data(
+            ctx,
+            &name,
+            args,
+            &cluster_dir,
+            log_directory,
+            version,
+            encrypt_to.clone(),
+        )
+        .await?;
         let stop = session.stop_backup().await?;
         Ok::<_, CommandError>((uploader, spec, expanded_size_bytes, count, stop))
     };
@@ -131,14 +141,15 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
         control.wal_segment_size,
     );
     let name = BackupName::new(segment, offset);
-    if already_complete(ctx, &name).await? {
+    if already_complete(ctx, &name, control.wal_segment_size, true).await? {
         return Ok(());
     }
     let encrypt_to = ctx.encryption_keys().await?;
     let pg_version = std::fs::read_to_string(cluster_dir.join("PG_VERSION")).unwrap_or_default();
     let version = format!("PostgreSQL {}", pg_version.trim());
+    // No server to ask for log_directory: `log` and `pg_log` are left out.
     let (uploader, spec, expanded_size_bytes, count) =
-        upload_data(ctx, &name, args, cluster_dir, version, encrypt_to).await?;
+        upload_data(ctx, &name, args, cluster_dir, None, version, encrypt_to).await?;
     let (dir, wal) = (
         cluster_dir.to_path_buf(),
         checkpoint_wal(cluster_dir, &control),
@@ -178,13 +189,15 @@ async fn run_offline(ctx: &Context, args: &BackupPushArgs, cluster_dir: &Path) -
 }
 
 /// What online and offline backups share: `extended_version.txt`, then every
-/// planned partition. Returns the uploader (for the final partition), the
+/// planned partition (without the contents of `log_directory`, a member
+/// name). Returns the uploader (for the final partition), the
 /// restore spec, the planned bytes and the number of partitions.
 async fn upload_data<'a>(
     ctx: &'a Context,
     name: &'a BackupName,
     args: &BackupPushArgs,
     cluster_dir: &Path,
+    log_directory: Option<String>,
     version: String,
     encrypt_to: Option<Arc<EncryptionKeys>>,
 ) -> Result<(Uploader<'a>, RestoreSpec, u64, u32), CommandError> {
@@ -200,7 +213,7 @@ async fn upload_data<'a>(
         partitions,
         spec,
         expanded_size_bytes,
-    } = plan(cluster_dir).await?;
+    } = plan(cluster_dir, log_directory).await?;
     let uploader = Uploader::new(ctx, name, args, encrypt_to, expanded_size_bytes);
     let count = partitions.len() as u32;
     uploader.upload_all(partitions).await?;
@@ -235,21 +248,91 @@ fn checkpoint_wal(cluster_dir: &Path, control: &postgres::ControlData) -> Vec<St
     segments
 }
 
-/// Whether a complete backup of the same name exists: an idle server starts
-/// its next backup at the same place. It is never overwritten.
-async fn already_complete(ctx: &Context, name: &BackupName) -> Result<bool, CommandError> {
-    match ctx.store.head(&ctx.layout.sentinel_key(name)).await {
-        Ok(_) => {
-            tracing::info!(
-                detail = %format!("Backup {name} is complete already: the server wrote nothing since it started."),
-                "nothing to back up"
-            );
-            Ok(true)
-        }
-        Err(StoreError::NotFound { .. }) => Ok(false),
-        Err(e) => Err(UserError::new("could not check the store")
-            .detail(e.to_string())
-            .into()),
+/// Whether a complete backup of the same name exists and is this very
+/// backup (a stopped cluster backed up again starts at the same checkpoint):
+/// then it is never overwritten and there is nothing to do. A sentinel of
+/// the name for a backup that started elsewhere is refused (see
+/// [`is_same_start`]).
+async fn already_complete(
+    ctx: &Context,
+    name: &BackupName,
+    segment_size: u64,
+    offline: bool,
+) -> Result<bool, CommandError> {
+    let key = ctx.layout.sentinel_key(name);
+    let check_failed = |e: String| {
+        UserError::new("could not check the store").detail(format!("{}: {e}", ctx.layout.url(&key)))
+    };
+    match ctx.store.head(&key).await {
+        Ok(_) => {}
+        Err(StoreError::NotFound { .. }) => return Ok(false),
+        Err(e) => return Err(check_failed(e.to_string()).into()),
+    }
+    // Only a truncated name needs what the sentinel recorded.
+    let existing = if BackupName::may_truncate(segment_size) {
+        read_object(ctx, &key)
+            .await
+            .map_err(check_failed)?
+            .and_then(|bytes| Sentinel::from_json(&bytes).ok())
+    } else {
+        None
+    };
+    if is_same_start(name, segment_size, offline, existing.as_ref()) {
+        tracing::info!(
+            detail = %format!("Backup {name} is complete already: the server wrote nothing since it started."),
+            "nothing to back up"
+        );
+        return Ok(true);
+    }
+    Err(UserError::new(format!("a different backup already has the name {name}"))
+        .detail(format!(
+            "With WAL segments of {} MiB, backup names keep only the first 8 digits of the start offset (as WAL-E's do), and {} is the sentinel of a backup that started elsewhere in segment {}. Nothing was uploaded.",
+            segment_size >> 20,
+            ctx.layout.url(&key),
+            name.start_segment
+        ))
+        .hint("Switch to a new WAL segment (SELECT pg_switch_wal();) and run backup-push again: the backup then starts in a segment of its own.")
+        .into())
+}
+
+/// Whether the complete backup `existing` (its sentinel, `None` if it could
+/// not be read), named like the backup starting now, started where this one
+/// does.
+///
+/// Where names keep the whole offset, the name says so. Where they can be
+/// truncated ([`BackupName::may_truncate`]), an online backup never is the
+/// same: a complete backup stopped before this one started (it wrote its
+/// end record and switched segments, and pg_backup_start checkpoints anew),
+/// so this start is later. A stopped cluster's backup is, when the existing
+/// one is also a stopped cluster's backup (its sentinel stops where its
+/// name starts) of the same checkpoint: two checkpoint records cannot both
+/// fall within the digits the name drops.
+fn is_same_start(
+    name: &BackupName,
+    segment_size: u64,
+    offline: bool,
+    existing: Option<&Sentinel>,
+) -> bool {
+    if !BackupName::may_truncate(segment_size) {
+        return true;
+    }
+    offline
+        && existing.is_some_and(|s| {
+            s.wal_segment_backup_stop == name.start_segment.to_string()
+                && s.wal_segment_offset_backup_stop == name.start_offset
+        })
+}
+
+/// The whole content of `key`, or `None` if it does not exist.
+async fn read_object(ctx: &Context, key: &str) -> Result<Option<bytes::Bytes>, String> {
+    match ctx.store.get(key).await {
+        Ok(got) => got
+            .bytes(crate::layout::JSON_LIMIT)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -361,15 +444,46 @@ async fn check_wal_archived(
 /// How long to wait for the backup's last segment after pg_backup_stop.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(60);
 
+/// Puts the sentinel create-only. A sentinel already there with the same
+/// bytes is this upload's own: a retry after an answer lost on the way back
+/// finds the first attempt's object.
 async fn put_sentinel(ctx: &Context, name: &BackupName, sentinel: &Sentinel) -> CmdResult {
-    put_small(
-        ctx,
-        &ctx.layout.sentinel_key(name),
-        sentinel.to_wal_e_json(),
-        PutOptions::create_only(),
-        "application/json",
-    )
-    .await
+    let key = ctx.layout.sentinel_key(name);
+    let body = sentinel.to_wal_e_json();
+    let options = PutOptions {
+        content_type: Some("application/json"),
+        ..PutOptions::create_only()
+    };
+    let url = ctx.layout.url(&key);
+    match ctx
+        .store
+        .put(&key, PutPayload::from_bytes(body.clone()), &options)
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(StoreError::AlreadyExists { .. }) => match read_object(ctx, &key).await {
+            Ok(Some(existing)) if existing == body => {
+                tracing::info!(
+                    detail = %format!("{url} already holds this backup's sentinel: an earlier attempt of the upload stored it."),
+                    "the sentinel was uploaded already"
+                );
+                Ok(())
+            }
+            Ok(Some(_)) => Err(UserError::new(format!("another backup completed as {name} meanwhile"))
+                .detail(format!("{url} was written by another backup-push while this one ran; it was left unchanged and this backup has no sentinel."))
+                .hint("Two backup-push runs of one cluster to one prefix started at the same place, or two clusters share the prefix. Give each cluster its own prefix.")
+                .into()),
+            read => Err(UserError::new("could not upload to the store")
+                .detail(format!(
+                    "{url} exists already, and reading it back failed: {}",
+                    read.err().unwrap_or_else(|| "it no longer exists".into())
+                ))
+                .into()),
+        },
+        Err(e) => Err(UserError::new("could not upload to the store")
+            .detail(format!("{url}: {e}"))
+            .into()),
+    }
 }
 
 fn absolute(dir: &Path) -> Result<PathBuf, UserError> {
@@ -397,17 +511,19 @@ fn limits() -> Limits {
     limits
 }
 
-async fn plan(cluster_dir: &Path) -> Result<Plan, CommandError> {
+async fn plan(cluster_dir: &Path, log_directory: Option<String>) -> Result<Plan, CommandError> {
     let dir = cluster_dir.to_path_buf();
     let limits = limits();
-    tokio::task::spawn_blocking(move || tar_partition::plan(&dir, &limits))
-        .await
-        .map_err(CommandError::unexpected)?
-        .map_err(|e| {
-            UserError::new("could not plan the base backup")
-                .detail(e.to_string())
-                .into()
-        })
+    tokio::task::spawn_blocking(move || {
+        tar_partition::plan_without_logs(&dir, &limits, log_directory)
+    })
+    .await
+    .map_err(CommandError::unexpected)?
+    .map_err(|e| {
+        UserError::new("could not plan the base backup")
+            .detail(e.to_string())
+            .into()
+    })
 }
 
 /// On a blocking thread: reading pg_control may pause between retries.
@@ -548,5 +664,44 @@ impl<'a> Uploader<'a> {
             "finish uploading a base backup volume"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sentinel(stop: &str, offset: &str) -> Sentinel {
+        Sentinel {
+            wal_segment_backup_stop: stop.to_string(),
+            wal_segment_offset_backup_stop: offset.to_string(),
+            expanded_size_bytes: 1,
+            spec: RestoreSpec::default(),
+            partition_count: None,
+        }
+    }
+
+    #[test]
+    fn a_sentinel_of_the_same_name_is_the_same_backup_only_when_provably() {
+        const MIB: u64 = 1 << 20;
+        let seg = SegmentName::parse("000000010000000000000003").unwrap();
+        // 16 and 64 MiB: names keep the whole offset.
+        let exact = BackupName::new(seg, 40);
+        let online = sentinel("000000010000000000000004", "00000128");
+        assert!(is_same_start(&exact, 16 * MIB, false, Some(&online)));
+        assert!(is_same_start(&exact, 64 * MIB, true, None));
+
+        // 128 MiB: offsets 123456780 to 123456789 (and 12345678) share it.
+        let cut = BackupName::new(seg, 123_456_785);
+        assert_eq!(cut.start_offset, "12345678");
+        // An online backup: the existing one stopped before it started.
+        assert!(!is_same_start(&cut, 128 * MIB, false, Some(&online)));
+        let offline_same = sentinel("000000010000000000000003", "12345678");
+        assert!(!is_same_start(&cut, 128 * MIB, false, Some(&offline_same)));
+        // A stopped cluster again: same only against a stopped cluster's
+        // backup of that checkpoint.
+        assert!(is_same_start(&cut, 128 * MIB, true, Some(&offline_same)));
+        assert!(!is_same_start(&cut, 1024 * MIB, true, Some(&online)));
+        assert!(!is_same_start(&cut, 128 * MIB, true, None));
     }
 }

@@ -273,6 +273,9 @@ pub struct Faults {
     /// The first GET whose path contains the text gets only the first half
     /// of its body, then the connection is closed.
     pub cut_body_of: Mutex<Option<String>>,
+    /// The first PUT whose path contains the text is carried out by the
+    /// server, but its answer is dropped (lost on the way back).
+    pub drop_answer_to_put: Mutex<Option<String>>,
     /// Where that body was cut, and the object's ETag.
     pub cut: Mutex<Option<Cut>>,
     /// Every GET passed on: path, `Range` and `If-Match`.
@@ -422,6 +425,16 @@ impl FaultProxy {
                     }
                     hit
                 };
+                let drop_answer = req.method() == hyper::Method::PUT && {
+                    let mut rule = faults.drop_answer_to_put.lock().unwrap();
+                    let hit = rule
+                        .as_ref()
+                        .is_some_and(|text| path.contains(text.as_str()));
+                    if hit {
+                        *rule = None;
+                    }
+                    hit
+                };
                 let head_status = faults.object_head_status.load(Ordering::SeqCst);
                 if req.method() == hyper::Method::HEAD && is_object && head_status != 0 {
                     return full(StatusCode::from_u16(head_status).unwrap(), &[], "");
@@ -477,6 +490,7 @@ impl FaultProxy {
                 );
                 *req.uri_mut() = target.parse().unwrap();
                 match client.request(req).await {
+                    Ok(_) if drop_answer => Reply::Drop,
                     Ok(response) => {
                         let (mut parts, body) = response.into_parts();
                         if abort && parts.status.is_success() {
