@@ -95,11 +95,20 @@ pub fn run() -> u8 {
             return restore_exit(restoring, report(&CommandError::unexpected(err)), false);
         }
     };
-    match runtime.block_on(commands::dispatch(command, settings, cli.global)) {
+    let result = runtime.block_on(commands::dispatch(command, settings, cli.global));
+    // Dropping the runtime would wait for every blocking task, and one stuck
+    // in the kernel on a hung NFS share never returns: wal-push's time bound
+    // would not bound the process. What is still running after this grace
+    // period is abandoned with the process.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
         Ok(()) => exit::OK,
         Err(err) => restore_exit(restoring, report(&err), err.is_not_found()),
     }
 }
+
+/// How long the runtime waits at exit for blocking tasks still running.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// For wal-fetch, anything but "not found" becomes 126 (see [`run`]).
 fn restore_exit(restoring: bool, code: u8, not_found: bool) -> u8 {
